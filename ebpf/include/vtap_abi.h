@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * vtap_abi.h — the single source of truth for every structure and constant
+ * shared between the C datapath (ebpf/*.c) and user space (vtap/vtap-abi).
+ *
+ * Rules:
+ *  - fixed-width types only, explicit _pad fields, no implicit padding;
+ *  - every struct has a _Static_assert on its size;
+ *  - the Rust mirror in vtap/vtap-abi/src/lib.rs is checked against the BTF
+ *    of the built object by vtap-core's `abi_layout` test (sizes and offsets).
+ *
+ * Classification design (see ARCHITECTURE.md): every enabled policy owns a
+ * slot 0..VTAP_MAX_POLICIES-1. Each match field has a lookup table that maps a
+ * packet's value for that field to the bitmap of policy slots that accept the
+ * value (policies that do not constrain the field are folded into every entry
+ * and into the field's wildcard bitmap, used on a lookup miss). The datapath
+ * ANDs one bitmap per field, so the cost does not depend on the number of
+ * policies. All tables are keyed by a generation (0/1); user space writes the
+ * inactive generation and then flips `vtap_global.active_gen`, so a packet is
+ * always classified against exactly one complete policy set.
+ */
+#ifndef VTAP_ABI_H
+#define VTAP_ABI_H
+
+#ifdef __BPF__
+#include <linux/types.h>
+#else
+#include <linux/types.h>
+#endif
+
+#define VTAP_ABI_VERSION 1
+
+#define VTAP_MAX_POLICIES 256
+#define VTAP_BITMAP_WORDS (VTAP_MAX_POLICIES / 64)
+#define VTAP_MAX_OUTPUTS 64 /* distinct (interface, vlan) outputs */
+#define VTAP_MAX_POLICY_OUTPUTS 8 /* outputs of one policy */
+#define VTAP_GENERATIONS 2
+#define VTAP_MAX_TAPS 4096 /* (ifindex, direction) entries */
+#define VTAP_MAX_CIDRS 16384 /* LPM entries per table (both generations) */
+#define VTAP_MAX_ETHER_TYPES 1024 /* ether_type entries (both generations) */
+#define VTAP_PORTS 65536
+#define VTAP_NO_OUTPUT 0xff /* unused entry of vtap_policy_action.out_ids */
+
+/* Direction of a packet relative to the VM behind the tapped interface. */
+enum vtap_dir {
+	VTAP_DIR_INGRESS = 0, /* from the VM (TC ingress on its tap) */
+	VTAP_DIR_EGRESS = 1, /* to the VM (TC egress on its tap) */
+	VTAP_DIR_COUNT = 2,
+};
+
+/* Match fields. Bit i of vtap_gen_config.used_fields is set when at least
+ * one policy of that generation constrains field i; unused fields are not
+ * looked up at all. */
+enum vtap_field {
+	VTAP_F_ETHER_TYPE = 0,
+	VTAP_F_SRC = 1,
+	VTAP_F_DST = 2,
+	VTAP_F_PROTO = 3,
+	VTAP_F_SPORT = 4,
+	VTAP_F_DPORT = 5,
+	VTAP_F_TCP_FLAGS = 6,
+	VTAP_F_COUNT = 7,
+};
+
+/* Why a copy selected by a policy was not delivered. */
+enum vtap_drop_reason {
+	VTAP_DROP_CLONE_FAILED = 0, /* bpf_clone_redirect returned an error */
+	VTAP_DROP_OUTPUT_DOWN = 1, /* the output interface does not exist now */
+	VTAP_DROP_VLAN_FAILED = 2, /* the 802.1Q tag could not be pushed */
+	VTAP_DROP_SAMPLED = 3, /* reserved: 1-in-N sampling */
+	VTAP_DROP_RATE_LIMITED = 4, /* reserved: pps/bps limit */
+	VTAP_DROP_RING_FULL = 5, /* reserved: pcap ring buffer full */
+	VTAP_DROP_REASONS = 8,
+};
+
+/* Output kinds. */
+enum vtap_output_kind {
+	VTAP_OUT_NONE = 0,
+	VTAP_OUT_IFACE = 1, /* clone-redirect to ifindex, optional 802.1Q tag */
+};
+
+/* Parse flags (vtap_parse.flags). */
+enum vtap_parse_flags {
+	VTAP_P_IP = 1 << 0, /* saddr/daddr valid (IPv4, IPv6 or ARP/IPv4) */
+	VTAP_P_IPV6 = 1 << 1, /* addresses are IPv6 (else IPv4 in the first 4 bytes) */
+	VTAP_P_L4 = 1 << 2, /* proto valid */
+	VTAP_P_PORTS = 1 << 3, /* sport/dport valid (TCP/UDP, first fragment) */
+	VTAP_P_TCP_FLAGS = 1 << 4, /* tcp_flags valid */
+	VTAP_P_FRAGMENT = 1 << 5, /* a non-first fragment: no L4 header */
+	VTAP_P_TRUNCATED = 1 << 6, /* a header ended early; parsing stopped there */
+	VTAP_P_TAGGED = 1 << 7, /* at least one VLAN tag (in data or offloaded) */
+};
+
+/* Generation-independent state: array[1]. */
+struct vtap_global {
+	__u32 active_gen;
+	__u32 abi_version;
+};
+_Static_assert(sizeof(struct vtap_global) == 8, "vtap_global size");
+
+struct vtap_bitmap {
+	__u64 w[VTAP_BITMAP_WORDS];
+};
+_Static_assert(sizeof(struct vtap_bitmap) == 32, "vtap_bitmap size");
+
+/* Per-generation configuration: array[VTAP_GENERATIONS]. */
+struct vtap_gen_config {
+	__u32 used_fields; /* bit VTAP_F_x set when some policy constrains field x */
+	__u32 flags; /* VTAP_GEN_ANY_BIDIR when bidir is not empty */
+	struct vtap_bitmap bidir; /* policies with bidirectional: true */
+	struct vtap_bitmap wildcard[VTAP_F_COUNT]; /* policies unconstrained on field x */
+};
+#define VTAP_GEN_ANY_BIDIR 1
+_Static_assert(sizeof(struct vtap_gen_config) == 8 + 32 + 32 * VTAP_F_COUNT,
+	       "vtap_gen_config size");
+
+/* vtap_tap_sel: hash (gen, ifindex, dir) -> bitmap of policies applying there. */
+struct vtap_tap_key {
+	__u32 ifindex;
+	__u8 dir;
+	__u8 generation;
+	__u16 _pad;
+};
+_Static_assert(sizeof(struct vtap_tap_key) == 8, "vtap_tap_key size");
+
+/* vtap_ether_type: hash (gen, ether_type in host order) -> bitmap. */
+struct vtap_ether_key {
+	__u16 ether_type;
+	__u8 generation;
+	__u8 _pad;
+};
+_Static_assert(sizeof(struct vtap_ether_key) == 4, "vtap_ether_key size");
+
+/* vtap_{src,dst}{4,6}: LPM tries. prefixlen = 32 (the generation) + CIDR length. */
+struct vtap_lpm4_key {
+	__u32 prefixlen;
+	__u32 generation;
+	__u8 addr[4];
+};
+_Static_assert(sizeof(struct vtap_lpm4_key) == 12, "vtap_lpm4_key size");
+
+struct vtap_lpm6_key {
+	__u32 prefixlen;
+	__u32 generation;
+	__u8 addr[16];
+};
+_Static_assert(sizeof(struct vtap_lpm6_key) == 24, "vtap_lpm6_key size");
+
+/* vtap_proto, vtap_tcp_flags: arrays indexed gen * 256 + value.
+ * vtap_sport, vtap_dport: arrays indexed gen * 65536 + port. */
+
+/* vtap_policy_action: array indexed gen * VTAP_MAX_POLICIES + slot. */
+struct vtap_policy_action {
+	__u64 outputs; /* bitmap of output ids */
+	__u8 out_ids[VTAP_MAX_POLICY_OUTPUTS]; /* the same ids, VTAP_NO_OUTPUT = unused */
+	__u32 sample_one_in; /* reserved (1) */
+	__u32 snaplen; /* reserved (0) */
+	__u64 rate_pps; /* reserved (0) */
+	__u64 rate_bps; /* reserved (0) */
+};
+_Static_assert(sizeof(struct vtap_policy_action) == 40, "vtap_policy_action size");
+
+/* vtap_outputs: array indexed gen * VTAP_MAX_OUTPUTS + output id. */
+struct vtap_output {
+	__u32 ifindex; /* 0 = the interface does not exist now */
+	__u16 vlan; /* 802.1Q VID to push, 0 = none */
+	__u8 kind; /* enum vtap_output_kind */
+	__u8 _pad;
+};
+_Static_assert(sizeof(struct vtap_output) == 8, "vtap_output size");
+
+/* --- counters (per-CPU, summed by user space; not generational) --------- */
+
+/* vtap_tap_stats: per-CPU hash (ifindex, dir) -> counters. The key reuses
+ * vtap_tap_key with gen = 0. */
+struct vtap_tap_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 truncated; /* packets whose headers ended early (still passed) */
+	__u64 classified; /* packets that matched at least one policy */
+};
+_Static_assert(sizeof(struct vtap_tap_stats) == 32, "vtap_tap_stats size");
+
+/* vtap_policy_stats: per-CPU array indexed slot * VTAP_DIR_COUNT + dir. */
+struct vtap_policy_stats {
+	__u64 packets;
+	__u64 bytes;
+};
+_Static_assert(sizeof(struct vtap_policy_stats) == 16, "vtap_policy_stats size");
+
+/* vtap_output_stats: per-CPU array indexed slot * VTAP_MAX_OUTPUTS + output id.
+ * A copy shared by several policies counts for each of them. */
+struct vtap_output_stats {
+	__u64 mirrored;
+	__u64 failed; /* any drop reason, detailed in vtap_policy_drops */
+};
+_Static_assert(sizeof(struct vtap_output_stats) == 16, "vtap_output_stats size");
+
+/* vtap_policy_drops: per-CPU array indexed by slot. */
+struct vtap_policy_drops {
+	__u64 reason[VTAP_DROP_REASONS];
+};
+_Static_assert(sizeof(struct vtap_policy_drops) == 64, "vtap_policy_drops size");
+
+/* vtap_copy_stats: per-CPU array indexed by output id: copies really sent. */
+struct vtap_copy_stats {
+	__u64 sent;
+	__u64 failed;
+};
+_Static_assert(sizeof(struct vtap_copy_stats) == 16, "vtap_copy_stats size");
+
+/* The parse result of one packet: what the classifier looks at. Also the
+ * record the tap shares with probes (parse once). Offsets are from the start
+ * of packet data; 0xffff = absent. */
+struct vtap_parse {
+	__u8 saddr[16]; /* IPv4 in the first 4 bytes */
+	__u8 daddr[16];
+	__u16 ether_type; /* host order, after all VLAN tags */
+	__u16 vlan_id; /* outermost tag's VID (offloaded or in data), 0 = none */
+	__u16 sport; /* host order */
+	__u16 dport;
+	__u16 l3_off;
+	__u16 l4_off;
+	__u16 flags; /* enum vtap_parse_flags */
+	__u8 proto;
+	__u8 tcp_flags;
+	__u32 ifindex;
+	__u8 dir;
+	__u8 _pad[3];
+	__u32 len; /* skb->len */
+	__u32 _pad2;
+};
+_Static_assert(sizeof(struct vtap_parse) == 64, "vtap_parse size");
+
+#endif /* VTAP_ABI_H */

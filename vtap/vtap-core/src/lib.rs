@@ -1,0 +1,12 @@
+//! vtap core library: everything between a policy file and the kernel, with no
+//! HTTP in it.
+//!
+//! Data flows one way:
+//! [`policy::load`] (YAML → model) → [`policy::validate`] (all errors, with
+//! field paths) → [`policy::compile`] (pure: policies → map entries) →
+//! [`datapath::reconcile`] (write the inactive generation, flip) →
+//! [`datapath::attach`] (TCX on the taps) → `ebpf/vtap_tc.c` → monitor
+//! interfaces. [`engine::Engine`] is the one owner of kernel state;
+//! [`telemetry`] reads the per-CPU counters for `/metrics`.
+
+pub mod policy;
