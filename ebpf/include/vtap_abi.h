@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * vtap_abi.h — the single source of truth for every structure and constant
- * shared between the C datapath (ebpf/*.c) and user space (vtap/vtap-abi).
+ * shared between the C datapath (ebpf/ .c files) and user space (vtap/vtap-abi).
  *
  * Rules:
  *  - fixed-width types only, explicit _pad fields, no implicit padding;

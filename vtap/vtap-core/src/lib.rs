@@ -10,3 +10,6 @@
 //! [`telemetry`] reads the per-CPU counters for `/metrics`.
 
 pub mod policy;
+pub mod datapath;
+pub mod netlink;
+pub mod engine;

@@ -1,0 +1,463 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * vtap_tc.c — the TC datapath of vtap.
+ *
+ * Attached with TCX to both directions of each tapped interface
+ * (vtap_tc_ingress / vtap_tc_egress). For every packet it:
+ *   1. counts the packet on its tap + direction;
+ *   2. parses it once (parse.h) — never rejecting an odd or short frame;
+ *   3. classifies it against every policy of the active generation by
+ *      ANDing one bitmap per match field (see vtap_abi.h, ARCHITECTURE.md);
+ *   4. for every firing policy counts the match and collects its outputs;
+ *   5. sends one copy per distinct output (push 802.1Q tag,
+ *      bpf_clone_redirect, pop tag) and accounts every copy per policy,
+ *      with a reason for each one that was not delivered.
+ * It always returns TC_ACT_UNSPEC (TCX_NEXT): the packet goes on unchanged
+ * and later programs on the hook still run. Nothing here can drop it.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "vtap_abi.h"
+#include "parse.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* ---------------------------------------------------------------- maps */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct vtap_global);
+} vtap_global SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, VTAP_GENERATIONS);
+	__type(key, __u32);
+	__type(value, struct vtap_gen_config);
+} vtap_gen_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, VTAP_MAX_TAPS);
+	__type(key, struct vtap_tap_key);
+	__type(value, struct vtap_bitmap);
+} vtap_tap_sel SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, VTAP_MAX_ETHER_TYPES);
+	__type(key, struct vtap_ether_key);
+	__type(value, struct vtap_bitmap);
+} vtap_ether SEC(".maps");
+
+#define LPM_MAP(name, keytype)                                  \
+	struct {                                                \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);            \
+		__uint(max_entries, VTAP_MAX_CIDRS);            \
+		__uint(map_flags, BPF_F_NO_PREALLOC);           \
+		__type(key, struct keytype);                    \
+		__type(value, struct vtap_bitmap);              \
+	} name SEC(".maps")
+
+LPM_MAP(vtap_src4, vtap_lpm4_key);
+LPM_MAP(vtap_dst4, vtap_lpm4_key);
+LPM_MAP(vtap_src6, vtap_lpm6_key);
+LPM_MAP(vtap_dst6, vtap_lpm6_key);
+
+#define ARRAY_MAP(name, n, vtype)                   \
+	struct {                                    \
+		__uint(type, BPF_MAP_TYPE_ARRAY);   \
+		__uint(max_entries, n);             \
+		__type(key, __u32);                 \
+		__type(value, vtype);               \
+	} name SEC(".maps")
+
+ARRAY_MAP(vtap_proto, VTAP_GENERATIONS * 256, struct vtap_bitmap);
+ARRAY_MAP(vtap_tcp_flags, VTAP_GENERATIONS * 256, struct vtap_bitmap);
+ARRAY_MAP(vtap_sport, VTAP_GENERATIONS * VTAP_PORTS, struct vtap_bitmap);
+ARRAY_MAP(vtap_dport, VTAP_GENERATIONS * VTAP_PORTS, struct vtap_bitmap);
+ARRAY_MAP(vtap_actions, VTAP_GENERATIONS * VTAP_MAX_POLICIES, struct vtap_policy_action);
+ARRAY_MAP(vtap_outputs, VTAP_GENERATIONS * VTAP_MAX_OUTPUTS, struct vtap_output);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, VTAP_MAX_TAPS);
+	__type(key, struct vtap_tap_key);
+	__type(value, struct vtap_tap_stats);
+} vtap_tap_stats SEC(".maps");
+
+#define PERCPU_ARRAY_MAP(name, n, vtype)                   \
+	struct {                                           \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);   \
+		__uint(max_entries, n);                    \
+		__type(key, __u32);                        \
+		__type(value, vtype);                      \
+	} name SEC(".maps")
+
+PERCPU_ARRAY_MAP(vtap_policy_stats, VTAP_MAX_POLICIES * VTAP_DIR_COUNT, struct vtap_policy_stats);
+PERCPU_ARRAY_MAP(vtap_output_stats, VTAP_MAX_POLICIES * VTAP_MAX_OUTPUTS, struct vtap_output_stats);
+PERCPU_ARRAY_MAP(vtap_policy_drops, VTAP_MAX_POLICIES, struct vtap_policy_drops);
+PERCPU_ARRAY_MAP(vtap_copy_stats, VTAP_MAX_OUTPUTS, struct vtap_copy_stats);
+
+/* ------------------------------------------------------ bitmap helpers */
+
+static __always_inline void bm_and(struct vtap_bitmap *m, const struct vtap_bitmap *o)
+{
+#pragma unroll
+	for (int i = 0; i < VTAP_BITMAP_WORDS; i++)
+		m->w[i] &= o->w[i];
+}
+
+static __always_inline void bm_or(struct vtap_bitmap *m, const struct vtap_bitmap *o)
+{
+#pragma unroll
+	for (int i = 0; i < VTAP_BITMAP_WORDS; i++)
+		m->w[i] |= o->w[i];
+}
+
+static __always_inline int bm_empty(const struct vtap_bitmap *m)
+{
+	__u64 acc = 0;
+#pragma unroll
+	for (int i = 0; i < VTAP_BITMAP_WORDS; i++)
+		acc |= m->w[i];
+	return acc == 0;
+}
+
+static __always_inline __u32 popcount64(__u64 x)
+{
+	x = x - ((x >> 1) & 0x5555555555555555ULL);
+	x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (x * 0x0101010101010101ULL) >> 56;
+}
+
+static __always_inline __u32 bm_count(const struct vtap_bitmap *m)
+{
+	__u32 n = 0;
+#pragma unroll
+	for (int i = 0; i < VTAP_BITMAP_WORDS; i++)
+		n += popcount64(m->w[i]);
+	return n;
+}
+
+/* Index of the single set bit of b. Branch-free on purpose: a branchy
+ * version hands the verifier one constant per path and it explores them all. */
+static __always_inline __u32 bit_index(__u64 b)
+{
+	return popcount64(b - 1);
+}
+
+/* Removes the lowest slot from m and returns it (VTAP_MAX_POLICIES if empty). */
+static __always_inline __u32 bm_pop(struct vtap_bitmap *m)
+{
+#pragma unroll
+	for (int i = 0; i < VTAP_BITMAP_WORDS; i++) {
+		__u64 w = m->w[i];
+		if (w) {
+			__u64 b = w & -w;
+			m->w[i] = w ^ b;
+			return i * 64 + bit_index(b);
+		}
+	}
+	return VTAP_MAX_POLICIES;
+}
+
+/* ------------------------------------------------------ classification */
+
+static __always_inline void and_lpm(struct vtap_bitmap *m, int v6, int dst, __u32 gen,
+				    const __u8 *addr, const struct vtap_bitmap *wild)
+{
+	const struct vtap_bitmap *b;
+	if (v6) {
+		struct vtap_lpm6_key k = { .prefixlen = 32 + 128, .generation = gen };
+		__builtin_memcpy(k.addr, addr, 16);
+		b = bpf_map_lookup_elem(dst ? (void *)&vtap_dst6 : (void *)&vtap_src6, &k);
+	} else {
+		struct vtap_lpm4_key k = { .prefixlen = 32 + 32, .generation = gen };
+		__builtin_memcpy(k.addr, addr, 4);
+		b = bpf_map_lookup_elem(dst ? (void *)&vtap_dst4 : (void *)&vtap_src4, &k);
+	}
+	bm_and(m, b ? b : wild);
+}
+
+static __always_inline void and_port(struct vtap_bitmap *m, int dst, __u32 gen, __u16 port)
+{
+	__u32 idx = gen * VTAP_PORTS + port;
+	const struct vtap_bitmap *b =
+		bpf_map_lookup_elem(dst ? (void *)&vtap_dport : (void *)&vtap_sport, &idx);
+	if (b)
+		bm_and(m, b);
+	else
+		__builtin_memset(m, 0, sizeof(*m));
+}
+
+/* The address/port part of the match: fields that swap for bidirectional. */
+static __always_inline void and_endpoints(struct vtap_bitmap *m, const struct vtap_gen_config *cfg,
+					  __u32 gen, const struct vtap_parse *p, int reverse)
+{
+	__u32 used = cfg->used_fields;
+	int v6 = !!(p->flags & VTAP_P_IPV6);
+	const __u8 *sa = reverse ? p->daddr : p->saddr;
+	const __u8 *da = reverse ? p->saddr : p->daddr;
+	__u16 sp = reverse ? p->dport : p->sport;
+	__u16 dp = reverse ? p->sport : p->dport;
+
+	if (used & (1 << VTAP_F_SRC)) {
+		if (p->flags & VTAP_P_IP)
+			and_lpm(m, v6, 0, gen, sa, &cfg->wildcard[VTAP_F_SRC]);
+		else
+			bm_and(m, &cfg->wildcard[VTAP_F_SRC]);
+	}
+	if (used & (1 << VTAP_F_DST)) {
+		if (p->flags & VTAP_P_IP)
+			and_lpm(m, v6, 1, gen, da, &cfg->wildcard[VTAP_F_DST]);
+		else
+			bm_and(m, &cfg->wildcard[VTAP_F_DST]);
+	}
+	if (used & (1 << VTAP_F_SPORT)) {
+		if (p->flags & VTAP_P_PORTS)
+			and_port(m, 0, gen, sp);
+		else
+			bm_and(m, &cfg->wildcard[VTAP_F_SPORT]);
+	}
+	if (used & (1 << VTAP_F_DPORT)) {
+		if (p->flags & VTAP_P_PORTS)
+			and_port(m, 1, gen, dp);
+		else
+			bm_and(m, &cfg->wildcard[VTAP_F_DPORT]);
+	}
+}
+
+static __always_inline void and_array(struct vtap_bitmap *m, void *map, __u32 idx)
+{
+	const struct vtap_bitmap *b = bpf_map_lookup_elem(map, &idx);
+	if (b)
+		bm_and(m, b);
+	else
+		__builtin_memset(m, 0, sizeof(*m));
+}
+
+/* Fields that do not swap for bidirectional: ether_type, protocol, flags. */
+static __always_inline void and_base(struct vtap_bitmap *m, const struct vtap_gen_config *cfg,
+				     __u32 gen, const struct vtap_parse *p)
+{
+	__u32 used = cfg->used_fields;
+
+	if (used & (1 << VTAP_F_ETHER_TYPE)) {
+		struct vtap_ether_key k = { .ether_type = p->ether_type, .generation = gen };
+		const struct vtap_bitmap *b = bpf_map_lookup_elem(&vtap_ether, &k);
+		bm_and(m, b ? b : &cfg->wildcard[VTAP_F_ETHER_TYPE]);
+	}
+	if (used & (1 << VTAP_F_PROTO)) {
+		if (p->flags & VTAP_P_L4)
+			and_array(m, &vtap_proto, gen * 256 + p->proto);
+		else
+			bm_and(m, &cfg->wildcard[VTAP_F_PROTO]);
+	}
+	if (used & (1 << VTAP_F_TCP_FLAGS)) {
+		if (p->flags & VTAP_P_TCP_FLAGS)
+			and_array(m, &vtap_tcp_flags, gen * 256 + p->tcp_flags);
+		else
+			bm_and(m, &cfg->wildcard[VTAP_F_TCP_FLAGS]);
+	}
+}
+
+/* ------------------------------------------------------------- actions */
+
+struct fire_ctx {
+	struct vtap_bitmap left; /* policies still to visit */
+	__u64 want; /* outputs wanted by the visited policies */
+	__u64 ok; /* outputs whose copy was delivered */
+	__u32 gen;
+	__u32 dir;
+	__u32 len;
+	__u32 _pad;
+	__u8 reason[VTAP_MAX_OUTPUTS]; /* why output i failed */
+};
+
+/* Pass 1 (bpf_loop callback): count the match, collect the outputs. */
+static long visit_policy(__u64 i, void *arg)
+{
+	struct fire_ctx *c = arg;
+	__u32 slot = bm_pop(&c->left);
+	if (slot >= VTAP_MAX_POLICIES)
+		return 1;
+
+	__u32 sidx = slot * VTAP_DIR_COUNT + (c->dir & 1);
+	struct vtap_policy_stats *ps = bpf_map_lookup_elem(&vtap_policy_stats, &sidx);
+	if (ps) {
+		ps->packets++;
+		ps->bytes += c->len;
+	}
+	__u32 aidx = c->gen * VTAP_MAX_POLICIES + slot;
+	struct vtap_policy_action *a = bpf_map_lookup_elem(&vtap_actions, &aidx);
+	if (a)
+		c->want |= a->outputs;
+	return 0;
+}
+
+/* Pass 2 (bpf_loop callback): account each of the policy's copies. */
+static long account_policy(__u64 i, void *arg)
+{
+	struct fire_ctx *c = arg;
+	__u32 slot = bm_pop(&c->left);
+	if (slot >= VTAP_MAX_POLICIES)
+		return 1;
+
+	__u32 aidx = c->gen * VTAP_MAX_POLICIES + slot;
+	struct vtap_policy_action *a = bpf_map_lookup_elem(&vtap_actions, &aidx);
+	if (!a)
+		return 0;
+	struct vtap_policy_drops *d = NULL;
+#pragma unroll
+	for (int k = 0; k < VTAP_MAX_POLICY_OUTPUTS; k++) {
+		__u32 o = a->out_ids[k];
+		if (o >= VTAP_MAX_OUTPUTS)
+			break;
+		__u32 oidx = slot * VTAP_MAX_OUTPUTS + o;
+		struct vtap_output_stats *os = bpf_map_lookup_elem(&vtap_output_stats, &oidx);
+		if ((c->ok >> o) & 1) {
+			if (os)
+				os->mirrored++;
+			continue;
+		}
+		if (os)
+			os->failed++;
+		if (!d)
+			d = bpf_map_lookup_elem(&vtap_policy_drops, &slot);
+		if (d) {
+			__u32 r = c->reason[o & (VTAP_MAX_OUTPUTS - 1)];
+			if (r < VTAP_DROP_REASONS)
+				d->reason[r]++;
+		}
+	}
+	return 0;
+}
+
+/* Sends one copy to every wanted output. The original leaves unchanged:
+ * a pushed tag is always popped again before we return. */
+static __always_inline void send_copies(struct __sk_buff *skb, struct fire_ctx *c)
+{
+	__u64 want = c->want;
+
+	for (int i = 0; i < VTAP_MAX_OUTPUTS; i++) {
+		if (!want)
+			break;
+		__u64 b = want & -want;
+		want ^= b;
+		__u32 o = bit_index(b);
+		__u32 oidx = c->gen * VTAP_MAX_OUTPUTS + o;
+		struct vtap_output *out = bpf_map_lookup_elem(&vtap_outputs, &oidx);
+		__u32 ifindex = out ? out->ifindex : 0;
+		__u16 vlan = out ? out->vlan : 0;
+		__u8 reason = VTAP_DROP_REASONS;
+
+		if (!out || out->kind != VTAP_OUT_IFACE || ifindex == 0) {
+			reason = VTAP_DROP_OUTPUT_DOWN;
+		} else if (vlan && bpf_skb_vlan_push(skb, bpf_htons(ETH_P_8021Q), vlan) != 0) {
+			reason = VTAP_DROP_VLAN_FAILED;
+		} else {
+			long r = bpf_clone_redirect(skb, ifindex, 0);
+			if (vlan)
+				bpf_skb_vlan_pop(skb);
+			if (r != 0)
+				reason = VTAP_DROP_CLONE_FAILED;
+		}
+
+		__u32 cidx = o;
+		struct vtap_copy_stats *cs = bpf_map_lookup_elem(&vtap_copy_stats, &cidx);
+		if (reason == VTAP_DROP_REASONS) {
+			c->ok |= b;
+			if (cs)
+				cs->sent++;
+		} else {
+			c->reason[o & (VTAP_MAX_OUTPUTS - 1)] = reason;
+			if (cs)
+				cs->failed++;
+		}
+	}
+}
+
+/* ---------------------------------------------------------------- main */
+
+static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
+{
+	__u32 zero = 0;
+	struct vtap_tap_key tk = { .ifindex = skb->ifindex, .dir = dir };
+	struct vtap_tap_stats *ts = bpf_map_lookup_elem(&vtap_tap_stats, &tk);
+	if (ts) {
+		ts->packets++;
+		ts->bytes += skb->len;
+	}
+
+	struct vtap_global *g = bpf_map_lookup_elem(&vtap_global, &zero);
+	if (!g)
+		return TC_ACT_UNSPEC;
+	__u32 gen = g->active_gen & 1;
+	struct vtap_gen_config *cfg = bpf_map_lookup_elem(&vtap_gen_cfg, &gen);
+	if (!cfg)
+		return TC_ACT_UNSPEC;
+
+	tk.generation = gen;
+	struct vtap_bitmap *sel = bpf_map_lookup_elem(&vtap_tap_sel, &tk);
+	if (!sel)
+		return TC_ACT_UNSPEC;
+
+	struct vtap_parse p = {};
+	vtap_parse_skb(skb, &p, dir);
+	if (ts && (p.flags & VTAP_P_TRUNCATED))
+		ts->truncated++;
+
+	struct fire_ctx c = {};
+	struct vtap_bitmap base = *sel;
+	and_base(&base, cfg, gen, &p);
+	if (bm_empty(&base))
+		return TC_ACT_UNSPEC;
+
+	c.left = base;
+	and_endpoints(&c.left, cfg, gen, &p, 0);
+	if (cfg->flags & VTAP_GEN_ANY_BIDIR) {
+		struct vtap_bitmap rev = base;
+		bm_and(&rev, &cfg->bidir);
+		if (!bm_empty(&rev)) {
+			and_endpoints(&rev, cfg, gen, &p, 1);
+			bm_or(&c.left, &rev);
+		}
+	}
+	if (bm_empty(&c.left))
+		return TC_ACT_UNSPEC;
+	if (ts)
+		ts->classified++;
+
+	struct vtap_bitmap fired = c.left;
+	__u32 n = bm_count(&fired);
+	c.gen = gen;
+	c.dir = dir;
+	c.len = skb->len;
+	bpf_loop(n, visit_policy, &c, 0);
+
+	if (c.want)
+		send_copies(skb, &c);
+
+	c.left = fired;
+	bpf_loop(n, account_policy, &c, 0);
+	return TC_ACT_UNSPEC;
+}
+
+SEC("classifier")
+int vtap_tc_ingress(struct __sk_buff *skb)
+{
+	return vtap_tc(skb, VTAP_DIR_INGRESS);
+}
+
+SEC("classifier")
+int vtap_tc_egress(struct __sk_buff *skb)
+{
+	return vtap_tc(skb, VTAP_DIR_EGRESS);
+}

@@ -1,0 +1,461 @@
+//! The engine: the one owner of kernel state.
+//!
+//! It holds the loaded [`Datapath`], the accepted policy set and the slot
+//! assignment, and turns "this policy set, these interfaces" into attached
+//! programs and an active table generation:
+//!
+//! 1. validate the whole set (nothing changes on error);
+//! 2. assign policy slots and output ids, keeping the ones of policies and
+//!    outputs that stay, and never reusing in this change a slot that the
+//!    running generation still uses (its counters are zeroed before use);
+//! 3. compile (pure) and resolve against the live interfaces;
+//! 4. attach TCX programs to newly matching taps;
+//! 5. write the inactive generation and flip ([`reconcile`]);
+//! 6. detach from interfaces no policy selects any more.
+//!
+//! [`Engine::refresh`] repeats 3–6 when interfaces appear, disappear or
+//! change index, so a policy naming an absent interface starts working when
+//! the interface shows up.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use vtap_abi::{
+    Bitmap, Dir, GEN_ANY_BIDIR, GenConfig, MAX_OUTPUTS, MAX_POLICIES, NO_OUTPUT, Output,
+    OutputStats, PolicyAction, PolicyDrops, PolicyStats, CopyStats, output_kind,
+};
+
+use crate::datapath::reconcile::{Image, Reconciler};
+use crate::datapath::{Datapath, DatapathError, stats};
+use crate::netlink::Links;
+use crate::policy::compile::{Assignment, CompiledSet, OutputKey, compile};
+use crate::policy::model::Policy;
+use crate::policy::validate::{FieldError, validate_set};
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The policy set is invalid; nothing was changed.
+    #[error("invalid policy set ({} problems)", .0.len())]
+    Invalid(Vec<FieldError>),
+    /// The kernel refused something; the running set stays active.
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    /// Compilation failed (an internal error: validated sets compile).
+    #[error("compiling the policy set: {0}")]
+    Compile(String),
+}
+
+/// The state of one interface that policies select.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapState {
+    /// Interface index (0 when the interface does not exist).
+    pub ifindex: u32,
+    /// Directions some policy wants on it.
+    pub wanted: BTreeSet<Dir>,
+    /// Directions attached now.
+    pub attached: BTreeSet<Dir>,
+    /// Last attach error, if any.
+    pub error: Option<String>,
+}
+
+/// Counters of one tap + direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapCounters {
+    /// Interface name.
+    pub tap: String,
+    /// Direction.
+    pub dir: Dir,
+    /// Summed counters.
+    pub stats: vtap_abi::TapStats,
+}
+
+/// Counters of one policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyCounters {
+    /// Policy name.
+    pub policy: String,
+    /// Matched packets/bytes by direction (ingress, egress).
+    pub matched: [PolicyStats; 2],
+    /// Per output label: mirrored / failed copies.
+    pub outputs: Vec<(String, OutputStats)>,
+    /// Undelivered copies by reason.
+    pub drops: PolicyDrops,
+}
+
+/// Counters of one output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputCounters {
+    /// `IFACE` or `IFACE.VLAN`.
+    pub output: String,
+    /// Copies sent / failed.
+    pub stats: CopyStats,
+}
+
+/// A consistent read of all counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Per tap + direction.
+    pub taps: Vec<TapCounters>,
+    /// Per policy.
+    pub policies: Vec<PolicyCounters>,
+    /// Per output.
+    pub outputs: Vec<OutputCounters>,
+}
+
+/// The label of an output in metrics and logs.
+pub fn output_label(k: &OutputKey) -> String {
+    if k.vlan == 0 { k.interface.clone() } else { format!("{}.{}", k.interface, k.vlan) }
+}
+
+/// See the module docs.
+pub struct Engine {
+    dp: Datapath,
+    rec: Reconciler,
+    policies: Vec<Policy>,
+    assignment: Assignment,
+    compiled: Option<CompiledSet>,
+    taps: BTreeMap<String, TapState>,
+    links: Links,
+}
+
+impl Engine {
+    /// Loads the datapath; nothing is attached until policies are applied.
+    pub fn new() -> Result<Self, EngineError> {
+        Ok(Engine {
+            dp: Datapath::load()?,
+            rec: Reconciler::new(),
+            policies: Vec::new(),
+            assignment: Assignment::default(),
+            compiled: None,
+            taps: BTreeMap::new(),
+            links: Links::new(),
+        })
+    }
+
+    /// The datapath (tests and benchmarks run programs through it).
+    pub fn datapath(&self) -> &Datapath {
+        &self.dp
+    }
+
+    /// The accepted policy set.
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    /// Interfaces selected by policies, with their state.
+    pub fn taps(&self) -> &BTreeMap<String, TapState> {
+        &self.taps
+    }
+
+    /// Slot of each policy.
+    pub fn assignment(&self) -> &Assignment {
+        &self.assignment
+    }
+
+    /// Number of generation flips so far.
+    pub fn generation_flips(&self) -> u64 {
+        self.rec.flips()
+    }
+
+    /// Validates, compiles and activates `policies` atomically. On any error
+    /// the running set stays active and nothing is changed.
+    pub fn apply(&mut self, policies: Vec<Policy>, links: &Links) -> Result<(), EngineError> {
+        let errors = validate_set(&policies);
+        if !errors.is_empty() {
+            return Err(EngineError::Invalid(errors));
+        }
+        let (assignment, fresh_slots, fresh_outputs) = allocate(&self.assignment, &policies);
+        let compiled = compile(&policies, &assignment).map_err(|e| EngineError::Compile(e.to_string()))?;
+        // New slots and ids are not used by the running generation: zero
+        // their counters before any packet can reach them.
+        for &slot in &fresh_slots {
+            self.zero_slot(slot)?;
+        }
+        for &o in &fresh_outputs {
+            self.zero_output(o)?;
+        }
+        self.activate(&compiled, links)?;
+        self.policies = policies;
+        self.assignment = assignment;
+        self.compiled = Some(compiled);
+        Ok(())
+    }
+
+    /// Re-resolves the running set against `links` (interfaces appeared,
+    /// disappeared or changed index). Returns whether anything changed.
+    pub fn refresh(&mut self, links: &Links) -> Result<bool, EngineError> {
+        let Some(compiled) = self.compiled.take() else {
+            return Ok(false);
+        };
+        let flips = self.rec.flips();
+        let before = self.taps.clone();
+        let r = self.activate(&compiled, links);
+        self.compiled = Some(compiled);
+        r?;
+        Ok(self.rec.flips() != flips || self.taps != before)
+    }
+
+    /// Detaches from every interface.
+    pub fn shutdown(&mut self) {
+        self.dp.detach_all();
+        self.taps.clear();
+    }
+
+    fn activate(&mut self, compiled: &CompiledSet, links: &Links) -> Result<(), EngineError> {
+        // Which interfaces and directions the policies select.
+        let mut wanted: BTreeMap<String, BTreeSet<Dir>> = BTreeMap::new();
+        for name in links.keys() {
+            for dir in Dir::ALL {
+                if !compiled.tap_bitmap(name, dir).is_empty() {
+                    wanted.entry(name.clone()).or_default().insert(dir);
+                }
+            }
+        }
+        // Detach links whose interface vanished or changed index.
+        for (name, st) in &self.taps {
+            let now = links.get(name).map(|l| l.ifindex);
+            if now != Some(st.ifindex) && !st.attached.is_empty() {
+                for &dir in &st.attached {
+                    let _ = self.dp.detach(name, Some(st.ifindex), dir);
+                }
+            }
+        }
+        let mut taps: BTreeMap<String, TapState> = BTreeMap::new();
+        // Patterns that match nothing yet are reported too (by pattern text).
+        for rule in &compiled.taps {
+            for p in &rule.patterns {
+                let text = p.as_str();
+                let is_glob = text.contains(['*', '?', '[']);
+                if !is_glob && !links.contains_key(text) {
+                    taps.entry(text.to_string()).or_insert_with(|| TapState {
+                        ifindex: 0,
+                        wanted: BTreeSet::new(),
+                        attached: BTreeSet::new(),
+                        error: Some("interface does not exist (yet)".to_string()),
+                    });
+                }
+            }
+        }
+        for (name, dirs) in &wanted {
+            let ifindex = links[name].ifindex;
+            let mut st = TapState { ifindex, wanted: dirs.clone(), attached: BTreeSet::new(), error: None };
+            for &dir in dirs {
+                match self.dp.attach(name, ifindex, dir) {
+                    Ok(()) => {
+                        st.attached.insert(dir);
+                    }
+                    Err(e) => {
+                        tracing::warn!(iface = %name, dir = dir.as_str(), error = %e, "attach failed");
+                        st.error = Some(e.to_string());
+                    }
+                }
+            }
+            taps.insert(name.clone(), st);
+        }
+        let image = resolve(compiled, &taps, links);
+        self.rec.apply(&self.dp, &image)?;
+        // Now that no generation refers to them, detach what is not wanted.
+        let attached: Vec<(String, Dir)> = self.dp.attached().cloned().collect();
+        for (name, dir) in attached {
+            let keep = taps.get(&name).is_some_and(|t| t.attached.contains(&dir));
+            if !keep {
+                let ifindex = self.taps.get(&name).map(|t| t.ifindex).filter(|i| *i != 0);
+                if let Err(e) = self.dp.detach(&name, ifindex, dir) {
+                    tracing::debug!(iface = %name, error = %e, "detach");
+                }
+                tracing::info!(iface = %name, dir = dir.as_str(), "detached");
+            }
+        }
+        for (name, st) in &taps {
+            let was = self.taps.get(name).map(|t| &t.attached);
+            if !st.attached.is_empty() && was != Some(&st.attached) {
+                tracing::info!(iface = %name, ifindex = st.ifindex, dirs = ?st.attached, "attached");
+            }
+        }
+        self.taps = taps;
+        self.links = links.clone();
+        Ok(())
+    }
+
+    fn zero_slot(&self, slot: u16) -> Result<(), DatapathError> {
+        let m = &self.dp.maps;
+        let s = slot as u32;
+        for d in 0..2 {
+            stats::zero_percpu::<PolicyStats>(&self.dp, &m.policy_stats, s * 2 + d)?;
+        }
+        stats::zero_percpu::<PolicyDrops>(&self.dp, &m.policy_drops, s)?;
+        for o in 0..MAX_OUTPUTS as u32 {
+            stats::zero_percpu::<OutputStats>(&self.dp, &m.output_stats, s * MAX_OUTPUTS as u32 + o)?;
+        }
+        Ok(())
+    }
+
+    fn zero_output(&self, o: u8) -> Result<(), DatapathError> {
+        let m = &self.dp.maps;
+        stats::zero_percpu::<CopyStats>(&self.dp, &m.copy_stats, o as u32)?;
+        for s in 0..MAX_POLICIES as u32 {
+            stats::zero_percpu::<OutputStats>(&self.dp, &m.output_stats, s * MAX_OUTPUTS as u32 + o as u32)?;
+        }
+        Ok(())
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> Result<Snapshot, EngineError> {
+        let dp = &self.dp;
+        let mut snap = Snapshot::default();
+        for (name, st) in &self.taps {
+            for &dir in &st.attached {
+                snap.taps.push(TapCounters {
+                    tap: name.clone(),
+                    dir,
+                    stats: stats::tap_stats(dp, st.ifindex, dir)?,
+                });
+            }
+        }
+        let labels: BTreeMap<u8, String> =
+            self.assignment.output_ids.iter().map(|(k, id)| (*id, output_label(k))).collect();
+        for p in &self.policies {
+            let Some(&slot) = self.assignment.policy_slots.get(&p.name) else { continue };
+            let s = slot as u32;
+            let m: Vec<(u32, PolicyStats)> =
+                stats::sum_percpu_array(dp, &dp.maps.policy_stats, [s * 2, s * 2 + 1])?;
+            let drops: PolicyDrops =
+                stats::sum_percpu_array(dp, &dp.maps.policy_drops, [s])?.remove(0).1;
+            let mut outputs = Vec::new();
+            let ids = self.compiled.as_ref().and_then(|c| c.actions.get(&slot)).cloned().unwrap_or_default();
+            for o in ids {
+                let v: OutputStats = stats::sum_percpu_array(
+                    dp,
+                    &dp.maps.output_stats,
+                    [s * MAX_OUTPUTS as u32 + o as u32],
+                )?
+                .remove(0)
+                .1;
+                outputs.push((labels.get(&o).cloned().unwrap_or_default(), v));
+            }
+            snap.policies.push(PolicyCounters {
+                policy: p.name.clone(),
+                matched: [m[0].1, m[1].1],
+                outputs,
+                drops,
+            });
+        }
+        for (id, label) in &labels {
+            let v: CopyStats = stats::sum_percpu_array(dp, &dp.maps.copy_stats, [*id as u32])?.remove(0).1;
+            snap.outputs.push(OutputCounters { output: label.clone(), stats: v });
+        }
+        Ok(snap)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Assigns slots to policies and ids to outputs: kept names keep theirs, new
+/// ones get the lowest free number not used by the current assignment.
+/// Returns the assignment and the newly allocated slots and ids.
+pub fn allocate(prev: &Assignment, policies: &[Policy]) -> (Assignment, Vec<u16>, Vec<u8>) {
+    let mut next = Assignment::default();
+    let mut fresh_slots = Vec::new();
+    let mut fresh_outputs = Vec::new();
+    let used_slots: BTreeSet<u16> = prev.policy_slots.values().copied().collect();
+    let mut free_slots = (0..MAX_POLICIES as u16).filter(|s| !used_slots.contains(s));
+    // First keep, then allocate, so a new policy cannot take a kept slot.
+    for p in policies {
+        if let Some(&s) = prev.policy_slots.get(&p.name) {
+            next.policy_slots.insert(p.name.clone(), s);
+        }
+    }
+    let mut taken: BTreeSet<u16> = next.policy_slots.values().copied().collect();
+    for p in policies {
+        if next.policy_slots.contains_key(&p.name) {
+            continue;
+        }
+        let s = free_slots
+            .by_ref()
+            .find(|s| !taken.contains(s))
+            .or_else(|| (0..MAX_POLICIES as u16).find(|s| !taken.contains(s)))
+            .expect("validate_set bounds the number of policies");
+        taken.insert(s);
+        next.policy_slots.insert(p.name.clone(), s);
+        fresh_slots.push(s);
+    }
+    let keys: BTreeSet<OutputKey> = policies.iter().flat_map(output_keys).collect();
+    let used_ids: BTreeSet<u8> = prev.output_ids.values().copied().collect();
+    for k in &keys {
+        if let Some(&id) = prev.output_ids.get(k) {
+            next.output_ids.insert(k.clone(), id);
+        }
+    }
+    let mut taken: BTreeSet<u8> = next.output_ids.values().copied().collect();
+    for k in &keys {
+        if next.output_ids.contains_key(k) {
+            continue;
+        }
+        let id = (0..MAX_OUTPUTS as u8)
+            .find(|i| !taken.contains(i) && !used_ids.contains(i))
+            .or_else(|| (0..MAX_OUTPUTS as u8).find(|i| !taken.contains(i)))
+            .expect("validate_set bounds the number of outputs");
+        taken.insert(id);
+        next.output_ids.insert(k.clone(), id);
+        fresh_outputs.push(id);
+    }
+    (next, fresh_slots, fresh_outputs)
+}
+
+/// The (interface, vlan) outputs of a policy.
+pub fn output_keys(p: &Policy) -> Vec<OutputKey> {
+    p.outputs
+        .iter()
+        .filter_map(|o| o.key())
+        .collect()
+}
+
+/// Resolves a compiled set against the attached taps and live interfaces.
+pub fn resolve(c: &CompiledSet, taps: &BTreeMap<String, TapState>, links: &Links) -> Image {
+    let mut img = Image::empty();
+    img.cfg = GenConfig {
+        used_fields: c.used_fields,
+        flags: if c.bidir.is_empty() { 0 } else { GEN_ANY_BIDIR },
+        bidir: c.bidir,
+        wildcard: c.wildcard,
+    };
+    for (name, st) in taps {
+        for &dir in &st.attached {
+            let b = c.tap_bitmap(name, dir);
+            if !b.is_empty() {
+                img.taps.insert((st.ifindex, dir as u8), b);
+            }
+        }
+    }
+    img.ether = c.ether_types.clone();
+    img.src4 = c.src4.iter().map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b)).collect();
+    img.dst4 = c.dst4.iter().map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b)).collect();
+    img.src6 = c.src6.iter().map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b)).collect();
+    img.dst6 = c.dst6.iter().map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b)).collect();
+    img.proto = c.proto.clone();
+    img.tcp_flags = c.tcp_flags.clone();
+    img.sport = c.sport.clone();
+    img.dport = c.dport.clone();
+    for (&slot, ids) in &c.actions {
+        let mut a = PolicyAction::default();
+        for (k, &id) in ids.iter().enumerate().take(a.out_ids.len()) {
+            a.out_ids[k] = id;
+            a.outputs |= 1u64 << id;
+        }
+        img.actions[slot as usize] = a;
+    }
+    for (&id, key) in &c.outputs {
+        img.outputs[id as usize] = Output {
+            ifindex: links.get(&key.interface).map_or(0, |l| l.ifindex),
+            vlan: key.vlan,
+            kind: output_kind::IFACE,
+            _pad: 0,
+        };
+    }
+    let _ = (Bitmap::EMPTY, NO_OUTPUT);
+    img
+}

@@ -1,0 +1,72 @@
+//! Interface discovery through rtnetlink: names, indexes and state of every
+//! link in the daemon's network namespace. The engine resolves tap globs and
+//! output interface names against a [`Links`] snapshot.
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+use netlink_packet_route::link::{LinkAttribute, LinkFlag};
+
+/// One interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub ifindex: u32,
+    /// Administratively up.
+    pub up: bool,
+    /// MTU.
+    pub mtu: u32,
+}
+
+/// Interfaces by name.
+pub type Links = BTreeMap<String, Link>;
+
+/// Errors talking to rtnetlink.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// Opening the socket failed.
+    #[error("opening an rtnetlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// The dump failed.
+    #[error("listing links over rtnetlink: {0}")]
+    Dump(#[source] rtnetlink::Error),
+}
+
+/// Lists every link of the current network namespace (one RTM_GETLINK dump).
+pub async fn list_links() -> Result<Links, NetlinkError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+    let task = tokio::spawn(conn);
+    let mut out = Links::new();
+    let mut stream = handle.link().get().execute();
+    let res = async {
+        while let Some(msg) = stream.try_next().await.map_err(NetlinkError::Dump)? {
+            let mut name = None;
+            let mut mtu = 0;
+            for a in &msg.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    LinkAttribute::Mtu(m) => mtu = *m,
+                    _ => {}
+                }
+            }
+            if let Some(name) = name {
+                let up = msg.header.flags.contains(&LinkFlag::Up);
+                out.insert(name, Link { ifindex: msg.header.index, up, mtu });
+            }
+        }
+        Ok::<_, NetlinkError>(())
+    }
+    .await;
+    task.abort();
+    res.map(|_| out)
+}
+
+/// [`list_links`] for synchronous callers (tests, tools): runs a small
+/// current-thread runtime.
+pub fn list_links_blocking() -> Result<Links, NetlinkError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(NetlinkError::Socket)?
+        .block_on(list_links())
+}
