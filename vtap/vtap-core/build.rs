@@ -7,18 +7,32 @@ use std::process::Command;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let ebpf = manifest.join("../../ebpf").canonicalize().expect("ebpf/ directory");
+    let ebpf = manifest
+        .join("../../ebpf")
+        .canonicalize()
+        .expect("ebpf/ directory");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let clang = std::env::var("VTAP_CLANG").unwrap_or_else(|_| "clang-19".to_string());
     println!("cargo:rerun-if-env-changed=VTAP_CLANG");
 
     let mut sources = Vec::new();
     watch(&ebpf, &mut sources);
-    for src in sources.iter().filter(|p| p.parent() == Some(ebpf.as_path())) {
+    for src in sources
+        .iter()
+        .filter(|p| p.parent() == Some(ebpf.as_path()))
+    {
         let stem = src.file_stem().unwrap().to_str().unwrap();
         let obj = out.join(format!("{stem}.o"));
         let status = Command::new(&clang)
-            .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror", "-std=gnu11"])
+            .args([
+                "-target",
+                "bpf",
+                "-O2",
+                "-g",
+                "-Wall",
+                "-Werror",
+                "-std=gnu11",
+            ])
             .arg("-I")
             .arg(ebpf.join("include"))
             .args(["-I", "/usr/include/x86_64-linux-gnu"])

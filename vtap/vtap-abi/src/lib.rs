@@ -131,7 +131,9 @@ pub struct Bitmap {
 
 impl Bitmap {
     /// The empty set.
-    pub const EMPTY: Bitmap = Bitmap { w: [0; BITMAP_WORDS] };
+    pub const EMPTY: Bitmap = Bitmap {
+        w: [0; BITMAP_WORDS],
+    };
     /// Adds a slot.
     pub fn set(&mut self, slot: usize) {
         self.w[slot / 64] |= 1u64 << (slot % 64);
@@ -409,7 +411,11 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize)>)> {
     vec![
         l!("vtap_global", Global, [active_gen, abi_version]),
         l!("vtap_bitmap", Bitmap, [w]),
-        l!("vtap_gen_config", GenConfig, [used_fields, flags, bidir, wildcard]),
+        l!(
+            "vtap_gen_config",
+            GenConfig,
+            [used_fields, flags, bidir, wildcard]
+        ),
         l!("vtap_tap_key", TapKey, [ifindex, dir, generation, _pad]),
         l!("vtap_ether_key", EtherKey, [ether_type, generation, _pad]),
         l!("vtap_lpm4_key", Lpm4Key, [prefixlen, generation, addr]),
@@ -420,7 +426,11 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize)>)> {
             [outputs, out_ids, sample_one_in, snaplen, rate_pps, rate_bps]
         ),
         l!("vtap_output", Output, [ifindex, vlan, kind, _pad]),
-        l!("vtap_tap_stats", TapStats, [packets, bytes, truncated, classified]),
+        l!(
+            "vtap_tap_stats",
+            TapStats,
+            [packets, bytes, truncated, classified]
+        ),
         l!("vtap_policy_stats", PolicyStats, [packets, bytes]),
         l!("vtap_output_stats", OutputStats, [mirrored, failed]),
         l!("vtap_policy_drops", PolicyDrops, [reason]),

@@ -20,8 +20,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use vtap_abi::{
-    Bitmap, Dir, GEN_ANY_BIDIR, GenConfig, MAX_OUTPUTS, MAX_POLICIES, NO_OUTPUT, Output,
-    OutputStats, PolicyAction, PolicyDrops, PolicyStats, CopyStats, output_kind,
+    Bitmap, CopyStats, Dir, GEN_ANY_BIDIR, GenConfig, MAX_OUTPUTS, MAX_POLICIES, NO_OUTPUT, Output,
+    OutputStats, PolicyAction, PolicyDrops, PolicyStats, output_kind,
 };
 
 use crate::datapath::reconcile::{Image, Reconciler};
@@ -104,7 +104,11 @@ pub struct Snapshot {
 
 /// The label of an output in metrics and logs.
 pub fn output_label(k: &OutputKey) -> String {
-    if k.vlan == 0 { k.interface.clone() } else { format!("{}.{}", k.interface, k.vlan) }
+    if k.vlan == 0 {
+        k.interface.clone()
+    } else {
+        format!("{}.{}", k.interface, k.vlan)
+    }
 }
 
 /// See the module docs.
@@ -164,8 +168,9 @@ impl Engine {
         if !errors.is_empty() {
             return Err(EngineError::Invalid(errors));
         }
-        let (assignment, fresh_slots, fresh_outputs) = allocate(&self.assignment, &policies);
-        let compiled = compile(&policies, &assignment).map_err(|e| EngineError::Compile(e.to_string()))?;
+        let (assignment, fresh_slots, fresh_outputs) = allocate(&self.assignment, &policies)?;
+        let compiled =
+            compile(&policies, &assignment).map_err(|e| EngineError::Compile(e.to_string()))?;
         // New slots and ids are not used by the running generation: zero
         // their counters before any packet can reach them.
         for &slot in &fresh_slots {
@@ -238,7 +243,12 @@ impl Engine {
         }
         for (name, dirs) in &wanted {
             let ifindex = links[name].ifindex;
-            let mut st = TapState { ifindex, wanted: dirs.clone(), attached: BTreeSet::new(), error: None };
+            let mut st = TapState {
+                ifindex,
+                wanted: dirs.clone(),
+                attached: BTreeSet::new(),
+                error: None,
+            };
             for &dir in dirs {
                 match self.dp.attach(name, ifindex, dir) {
                     Ok(()) => {
@@ -285,7 +295,11 @@ impl Engine {
         }
         stats::zero_percpu::<PolicyDrops>(&self.dp, &m.policy_drops, s)?;
         for o in 0..MAX_OUTPUTS as u32 {
-            stats::zero_percpu::<OutputStats>(&self.dp, &m.output_stats, s * MAX_OUTPUTS as u32 + o)?;
+            stats::zero_percpu::<OutputStats>(
+                &self.dp,
+                &m.output_stats,
+                s * MAX_OUTPUTS as u32 + o,
+            )?;
         }
         Ok(())
     }
@@ -294,7 +308,11 @@ impl Engine {
         let m = &self.dp.maps;
         stats::zero_percpu::<CopyStats>(&self.dp, &m.copy_stats, o as u32)?;
         for s in 0..MAX_POLICIES as u32 {
-            stats::zero_percpu::<OutputStats>(&self.dp, &m.output_stats, s * MAX_OUTPUTS as u32 + o as u32)?;
+            stats::zero_percpu::<OutputStats>(
+                &self.dp,
+                &m.output_stats,
+                s * MAX_OUTPUTS as u32 + o as u32,
+            )?;
         }
         Ok(())
     }
@@ -312,17 +330,29 @@ impl Engine {
                 });
             }
         }
-        let labels: BTreeMap<u8, String> =
-            self.assignment.output_ids.iter().map(|(k, id)| (*id, output_label(k))).collect();
+        let labels: BTreeMap<u8, String> = self
+            .assignment
+            .output_ids
+            .iter()
+            .map(|(k, id)| (*id, output_label(k)))
+            .collect();
         for p in &self.policies {
-            let Some(&slot) = self.assignment.policy_slots.get(&p.name) else { continue };
+            let Some(&slot) = self.assignment.policy_slots.get(&p.name) else {
+                continue;
+            };
             let s = slot as u32;
             let m: Vec<(u32, PolicyStats)> =
                 stats::sum_percpu_array(dp, &dp.maps.policy_stats, [s * 2, s * 2 + 1])?;
-            let drops: PolicyDrops =
-                stats::sum_percpu_array(dp, &dp.maps.policy_drops, [s])?.remove(0).1;
+            let drops: PolicyDrops = stats::sum_percpu_array(dp, &dp.maps.policy_drops, [s])?
+                .remove(0)
+                .1;
             let mut outputs = Vec::new();
-            let ids = self.compiled.as_ref().and_then(|c| c.actions.get(&slot)).cloned().unwrap_or_default();
+            let ids = self
+                .compiled
+                .as_ref()
+                .and_then(|c| c.actions.get(&slot))
+                .cloned()
+                .unwrap_or_default();
             for o in ids {
                 let v: OutputStats = stats::sum_percpu_array(
                     dp,
@@ -341,8 +371,13 @@ impl Engine {
             });
         }
         for (id, label) in &labels {
-            let v: CopyStats = stats::sum_percpu_array(dp, &dp.maps.copy_stats, [*id as u32])?.remove(0).1;
-            snap.outputs.push(OutputCounters { output: label.clone(), stats: v });
+            let v: CopyStats = stats::sum_percpu_array(dp, &dp.maps.copy_stats, [*id as u32])?
+                .remove(0)
+                .1;
+            snap.outputs.push(OutputCounters {
+                output: label.clone(),
+                stats: v,
+            });
         }
         Ok(snap)
     }
@@ -354,64 +389,33 @@ impl Drop for Engine {
     }
 }
 
-/// Assigns slots to policies and ids to outputs: kept names keep theirs, new
-/// ones get the lowest free number not used by the current assignment.
-/// Returns the assignment and the newly allocated slots and ids.
-pub fn allocate(prev: &Assignment, policies: &[Policy]) -> (Assignment, Vec<u16>, Vec<u8>) {
-    let mut next = Assignment::default();
-    let mut fresh_slots = Vec::new();
-    let mut fresh_outputs = Vec::new();
-    let used_slots: BTreeSet<u16> = prev.policy_slots.values().copied().collect();
-    let mut free_slots = (0..MAX_POLICIES as u16).filter(|s| !used_slots.contains(s));
-    // First keep, then allocate, so a new policy cannot take a kept slot.
-    for p in policies {
-        if let Some(&s) = prev.policy_slots.get(&p.name) {
-            next.policy_slots.insert(p.name.clone(), s);
-        }
-    }
-    let mut taken: BTreeSet<u16> = next.policy_slots.values().copied().collect();
-    for p in policies {
-        if next.policy_slots.contains_key(&p.name) {
-            continue;
-        }
-        let s = free_slots
-            .by_ref()
-            .find(|s| !taken.contains(s))
-            .or_else(|| (0..MAX_POLICIES as u16).find(|s| !taken.contains(s)))
-            .expect("validate_set bounds the number of policies");
-        taken.insert(s);
-        next.policy_slots.insert(p.name.clone(), s);
-        fresh_slots.push(s);
-    }
-    let keys: BTreeSet<OutputKey> = policies.iter().flat_map(output_keys).collect();
-    let used_ids: BTreeSet<u8> = prev.output_ids.values().copied().collect();
-    for k in &keys {
-        if let Some(&id) = prev.output_ids.get(k) {
-            next.output_ids.insert(k.clone(), id);
-        }
-    }
-    let mut taken: BTreeSet<u8> = next.output_ids.values().copied().collect();
-    for k in &keys {
-        if next.output_ids.contains_key(k) {
-            continue;
-        }
-        let id = (0..MAX_OUTPUTS as u8)
-            .find(|i| !taken.contains(i) && !used_ids.contains(i))
-            .or_else(|| (0..MAX_OUTPUTS as u8).find(|i| !taken.contains(i)))
-            .expect("validate_set bounds the number of outputs");
-        taken.insert(id);
-        next.output_ids.insert(k.clone(), id);
-        fresh_outputs.push(id);
-    }
-    (next, fresh_slots, fresh_outputs)
+/// Assigns slots and output ids ([`Assignment::assign`]: kept names keep
+/// theirs, new ones prefer numbers the previous assignment did not use) and
+/// returns the slots and ids that are new in this change.
+pub fn allocate(
+    prev: &Assignment,
+    policies: &[Policy],
+) -> Result<(Assignment, Vec<u16>, Vec<u8>), EngineError> {
+    let next =
+        Assignment::assign(policies, prev).map_err(|e| EngineError::Compile(e.to_string()))?;
+    let fresh_slots = next
+        .policy_slots
+        .iter()
+        .filter(|(n, s)| prev.policy_slots.get(*n) != Some(*s))
+        .map(|(_, s)| *s)
+        .collect();
+    let fresh_outputs = next
+        .output_ids
+        .iter()
+        .filter(|(k, id)| prev.output_ids.get(*k) != Some(*id))
+        .map(|(_, id)| *id)
+        .collect();
+    Ok((next, fresh_slots, fresh_outputs))
 }
 
 /// The (interface, vlan) outputs of a policy.
 pub fn output_keys(p: &Policy) -> Vec<OutputKey> {
-    p.outputs
-        .iter()
-        .filter_map(|o| o.key())
-        .collect()
+    p.interface_outputs()
 }
 
 /// Resolves a compiled set against the attached taps and live interfaces.
@@ -432,10 +436,26 @@ pub fn resolve(c: &CompiledSet, taps: &BTreeMap<String, TapState>, links: &Links
         }
     }
     img.ether = c.ether_types.clone();
-    img.src4 = c.src4.iter().map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b)).collect();
-    img.dst4 = c.dst4.iter().map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b)).collect();
-    img.src6 = c.src6.iter().map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b)).collect();
-    img.dst6 = c.dst6.iter().map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b)).collect();
+    img.src4 = c
+        .src4
+        .iter()
+        .map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b))
+        .collect();
+    img.dst4 = c
+        .dst4
+        .iter()
+        .map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b))
+        .collect();
+    img.src6 = c
+        .src6
+        .iter()
+        .map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b))
+        .collect();
+    img.dst6 = c
+        .dst6
+        .iter()
+        .map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b))
+        .collect();
     img.proto = c.proto.clone();
     img.tcp_flags = c.tcp_flags.clone();
     img.sport = c.sport.clone();

@@ -9,7 +9,7 @@
 //! interfaces. [`engine::Engine`] is the one owner of kernel state;
 //! [`telemetry`] reads the per-CPU counters for `/metrics`.
 
-pub mod policy;
 pub mod datapath;
-pub mod netlink;
 pub mod engine;
+pub mod netlink;
+pub mod policy;

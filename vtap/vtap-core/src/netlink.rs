@@ -51,7 +51,14 @@ pub async fn list_links() -> Result<Links, NetlinkError> {
             }
             if let Some(name) = name {
                 let up = msg.header.flags.contains(&LinkFlag::Up);
-                out.insert(name, Link { ifindex: msg.header.index, up, mtu });
+                out.insert(
+                    name,
+                    Link {
+                        ifindex: msg.header.index,
+                        up,
+                        mtu,
+                    },
+                );
             }
         }
         Ok::<_, NetlinkError>(())

@@ -12,7 +12,9 @@ fn rust_structs_match_the_btf_of_the_object() {
     let btf = Btf::from_bytes(sec.data().unwrap()).expect("BTF");
     let mut checked = 0;
     for (name, size, fields) in vtap_abi::layouts() {
-        let types = btf.resolve_types_by_name(name).unwrap_or_else(|e| panic!("{name} not in BTF: {e}"));
+        let types = btf
+            .resolve_types_by_name(name)
+            .unwrap_or_else(|e| panic!("{name} not in BTF: {e}"));
         let st = types
             .iter()
             .find_map(|t| match t {
@@ -21,7 +23,11 @@ fn rust_structs_match_the_btf_of_the_object() {
             })
             .unwrap_or_else(|| panic!("{name} is not a struct in BTF"));
         assert_eq!(st.size(), size, "size of struct {name}");
-        assert_eq!(st.members.len(), fields.len(), "field count of struct {name}");
+        assert_eq!(
+            st.members.len(),
+            fields.len(),
+            "field count of struct {name}"
+        );
         for (m, (fname, off)) in st.members.iter().zip(fields.iter()) {
             let cname = btf.resolve_name(m).unwrap();
             assert_eq!(&cname, fname, "field order of struct {name}");

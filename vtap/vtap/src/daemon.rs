@@ -64,18 +64,30 @@ fn config(args: &DaemonArgs) -> anyhow::Result<Config> {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| anyhow::anyhow!("reading config {}: {e}", p.display()))?;
-            serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?
+            serde_yaml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?
         }
         None => ConfigFile::default(),
     };
-    let log_format = args.log_format.clone().or(file.log_format).unwrap_or_else(|| "text".into());
+    let log_format = args
+        .log_format
+        .clone()
+        .or(file.log_format)
+        .unwrap_or_else(|| "text".into());
     if log_format != "text" && log_format != "json" {
         anyhow::bail!("log_format must be text or json, not {log_format:?}");
     }
     Ok(Config {
-        listen: args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7470".parse().unwrap()),
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:7470".parse().unwrap()),
         policies: args.policies.clone().or(file.policies),
-        state_dir: args.state_dir.clone().or(file.state_dir).unwrap_or_else(|| "/var/lib/vtap".into()),
+        state_dir: args
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| "/var/lib/vtap".into()),
         refresh: Duration::from_millis(file.refresh_ms.unwrap_or(1000).clamp(50, 60_000)),
         log_json: log_format == "json",
     })
@@ -113,8 +125,10 @@ pub fn run(args: DaemonArgs) -> ExitCode {
 
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VTAP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json { b.json().init() } else { b.init() }
 }
 
@@ -225,7 +239,11 @@ async fn reload(state: &AppState, dir: Option<&Path>) {
     update_ready(state);
 }
 
-async fn refresh_loop(state: AppState, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn refresh_loop(
+    state: AppState,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -241,7 +259,8 @@ async fn refresh_loop(state: AppState, every: Duration, mut stop: tokio::sync::w
             }
         };
         let st = state.clone();
-        let r = tokio::task::spawn_blocking(move || st.engine.lock().unwrap().refresh(&links)).await;
+        let r =
+            tokio::task::spawn_blocking(move || st.engine.lock().unwrap().refresh(&links)).await;
         if let Ok(Err(e)) = r {
             log_engine_error("refresh failed", &e);
         }
@@ -252,8 +271,13 @@ async fn refresh_loop(state: AppState, every: Duration, mut stop: tokio::sync::w
 /// Ready when every existing interface that a policy selects is attached.
 fn update_ready(state: &AppState) {
     let e = state.engine.lock().unwrap();
-    let ready = e.taps().values().all(|t| t.ifindex == 0 || t.attached == t.wanted);
-    state.ready.store(ready, std::sync::atomic::Ordering::Relaxed);
+    let ready = e
+        .taps()
+        .values()
+        .all(|t| t.ifindex == 0 || t.attached == t.wanted);
+    state
+        .ready
+        .store(ready, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The HTTP application (tests call it with `oneshot`).
@@ -269,7 +293,10 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     if s.ready.load(std::sync::atomic::Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: some selected interfaces are not attached\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: some selected interfaces are not attached\n",
+        )
     }
 }
 

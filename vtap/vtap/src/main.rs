@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "vtap", version, about = "eBPF virtual TAP and traffic-mirroring appliance")]
+#[command(
+    name = "vtap",
+    version,
+    about = "eBPF virtual TAP and traffic-mirroring appliance"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -44,7 +48,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Daemon(args) => daemon::run(args),
-        Cmd::Policy { cmd: PolicyCmd::Check { path } } => policy_check(&path),
+        Cmd::Policy {
+            cmd: PolicyCmd::Check { path },
+        } => policy_check(&path),
     }
 }
 

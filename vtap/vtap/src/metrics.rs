@@ -23,8 +23,18 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 pub fn render(engine: &Engine) -> anyhow::Result<String> {
     let snap = engine.snapshot()?;
     let r = Registry::new();
-    let tap_packets = counter(&r, "vtap_tap_packets_total", "Packets seen on a tapped interface.", &["tap", "direction"]);
-    let tap_bytes = counter(&r, "vtap_tap_bytes_total", "Bytes seen on a tapped interface.", &["tap", "direction"]);
+    let tap_packets = counter(
+        &r,
+        "vtap_tap_packets_total",
+        "Packets seen on a tapped interface.",
+        &["tap", "direction"],
+    );
+    let tap_bytes = counter(
+        &r,
+        "vtap_tap_bytes_total",
+        "Bytes seen on a tapped interface.",
+        &["tap", "direction"],
+    );
     let tap_trunc = counter(
         &r,
         "vtap_tap_truncated_packets_total",
@@ -45,8 +55,18 @@ pub fn render(engine: &Engine) -> anyhow::Result<String> {
         tap_class.with_label_values(&l).inc_by(t.stats.classified);
     }
 
-    let matched = counter(&r, "vtap_policy_matched_packets_total", "Packets matched by a policy.", &["policy", "direction"]);
-    let matched_b = counter(&r, "vtap_policy_matched_bytes_total", "Bytes matched by a policy.", &["policy", "direction"]);
+    let matched = counter(
+        &r,
+        "vtap_policy_matched_packets_total",
+        "Packets matched by a policy.",
+        &["policy", "direction"],
+    );
+    let matched_b = counter(
+        &r,
+        "vtap_policy_matched_bytes_total",
+        "Bytes matched by a policy.",
+        &["policy", "direction"],
+    );
     let mirrored = counter(
         &r,
         "vtap_policy_mirrored_packets_total",
@@ -59,36 +79,72 @@ pub fn render(engine: &Engine) -> anyhow::Result<String> {
         "Copies selected by a policy that were not delivered, by reason.",
         &["policy", "reason"],
     );
-    let active = gauge(&r, "vtap_policy_enabled", "1 when the policy is enabled, 0 when disabled.", &["policy"]);
+    let active = gauge(
+        &r,
+        "vtap_policy_enabled",
+        "1 when the policy is enabled, 0 when disabled.",
+        &["policy"],
+    );
     for p in &snap.policies {
         for (i, d) in ["ingress", "egress"].iter().enumerate() {
-            matched.with_label_values(&[p.policy.as_str(), d]).inc_by(p.matched[i].packets);
-            matched_b.with_label_values(&[p.policy.as_str(), d]).inc_by(p.matched[i].bytes);
+            matched
+                .with_label_values(&[p.policy.as_str(), d])
+                .inc_by(p.matched[i].packets);
+            matched_b
+                .with_label_values(&[p.policy.as_str(), d])
+                .inc_by(p.matched[i].bytes);
         }
         for (out, s) in &p.outputs {
-            mirrored.with_label_values(&[p.policy.as_str(), out.as_str()]).inc_by(s.mirrored);
+            mirrored
+                .with_label_values(&[p.policy.as_str(), out.as_str()])
+                .inc_by(s.mirrored);
         }
         for (i, name) in drop_reason::NAMES.iter().enumerate() {
             if let Some(name) = name {
-                dropped.with_label_values(&[p.policy.as_str(), name]).inc_by(p.drops.reason[i]);
+                dropped
+                    .with_label_values(&[p.policy.as_str(), name])
+                    .inc_by(p.drops.reason[i]);
             }
         }
     }
     for p in engine.policies() {
-        active.with_label_values(&[p.name.as_str()]).set(p.enabled as i64);
+        active
+            .with_label_values(&[p.name.as_str()])
+            .set(p.enabled as i64);
     }
 
-    let out_sent = counter(&r, "vtap_output_packets_total", "Copies sent to an output.", &["output"]);
-    let out_failed = counter(&r, "vtap_output_failed_packets_total", "Copies that could not be sent to an output.", &["output"]);
+    let out_sent = counter(
+        &r,
+        "vtap_output_packets_total",
+        "Copies sent to an output.",
+        &["output"],
+    );
+    let out_failed = counter(
+        &r,
+        "vtap_output_failed_packets_total",
+        "Copies that could not be sent to an output.",
+        &["output"],
+    );
     for o in &snap.outputs {
-        out_sent.with_label_values(&[o.output.as_str()]).inc_by(o.stats.sent);
-        out_failed.with_label_values(&[o.output.as_str()]).inc_by(o.stats.failed);
+        out_sent
+            .with_label_values(&[o.output.as_str()])
+            .inc_by(o.stats.sent);
+        out_failed
+            .with_label_values(&[o.output.as_str()])
+            .inc_by(o.stats.failed);
     }
 
-    let attached = gauge(&r, "vtap_tap_attached", "1 when vtap is attached to the interface in that direction.", &["tap", "direction"]);
+    let attached = gauge(
+        &r,
+        "vtap_tap_attached",
+        "1 when vtap is attached to the interface in that direction.",
+        &["tap", "direction"],
+    );
     for (name, st) in engine.taps() {
         for d in &st.wanted {
-            attached.with_label_values(&[name.as_str(), d.as_str()]).set(st.attached.contains(d) as i64);
+            attached
+                .with_label_values(&[name.as_str(), d.as_str()])
+                .set(st.attached.contains(d) as i64);
         }
     }
     let flips = prometheus::IntCounter::new(

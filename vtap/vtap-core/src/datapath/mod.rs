@@ -92,17 +92,24 @@ impl MapHandle {
     }
 
     fn err(&self, op: &'static str, source: std::io::Error) -> DatapathError {
-        DatapathError::Map { map: self.name, op, source }
+        DatapathError::Map {
+            map: self.name,
+            op,
+            source,
+        }
     }
 
     /// Updates one element.
     pub fn update<K: aya::Pod, V: aya::Pod>(&self, k: &K, v: &V) -> Result<(), DatapathError> {
-        sys::update(self.fd(), sys::bytes_of(k), sys::bytes_of(v), 0).map_err(|e| self.err("update", e))
+        sys::update(self.fd(), sys::bytes_of(k), sys::bytes_of(v), 0)
+            .map_err(|e| self.err("update", e))
     }
 
     /// Deletes one element (absent is fine).
     pub fn delete<K: aya::Pod>(&self, k: &K) -> Result<(), DatapathError> {
-        sys::delete(self.fd(), sys::bytes_of(k)).map(|_| ()).map_err(|e| self.err("delete", e))
+        sys::delete(self.fd(), sys::bytes_of(k))
+            .map(|_| ())
+            .map_err(|e| self.err("delete", e))
     }
 
     /// Looks one element up.
@@ -187,13 +194,21 @@ impl Datapath {
                 .program_mut(name)
                 .ok_or(DatapathError::MissingMap(name))?
                 .try_into()
-                .map_err(|e| DatapathError::Program { program: name, source: Box::new(e) })?;
-            prog.load()
-                .map_err(|e| DatapathError::Program { program: name, source: Box::new(e) })?;
+                .map_err(|e| DatapathError::Program {
+                    program: name,
+                    source: Box::new(e),
+                })?;
+            prog.load().map_err(|e| DatapathError::Program {
+                program: name,
+                source: Box::new(e),
+            })?;
         }
         let mut take = |name: &'static str| -> Result<MapHandle, DatapathError> {
             let m = ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))?;
-            Ok(MapHandle { name, data: map_data(m).ok_or(DatapathError::MissingMap(name))? })
+            Ok(MapHandle {
+                name,
+                data: map_data(m).ok_or(DatapathError::MissingMap(name))?,
+            })
         };
         let maps = Maps {
             global: take("vtap_global")?,
@@ -216,14 +231,28 @@ impl Datapath {
             policy_drops: take("vtap_policy_drops")?,
             copy_stats: take("vtap_copy_stats")?,
         };
-        let barrier = sys::RcuBarrier::new(maps.global.fd())
-            .map_err(|source| DatapathError::Os { what: "creating the RCU barrier map", source })?;
-        let ncpus = aya::util::nr_cpus()
-            .map_err(|(_, source)| DatapathError::Os { what: "reading possible CPUs", source })?;
-        let dp = Datapath { ebpf, maps, ncpus, barrier, links: BTreeMap::new() };
+        let barrier =
+            sys::RcuBarrier::new(maps.global.fd()).map_err(|source| DatapathError::Os {
+                what: "creating the RCU barrier map",
+                source,
+            })?;
+        let ncpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Os {
+            what: "reading possible CPUs",
+            source,
+        })?;
+        let dp = Datapath {
+            ebpf,
+            maps,
+            ncpus,
+            barrier,
+            links: BTreeMap::new(),
+        };
         dp.maps.global.update(
             &0u32,
-            &vtap_abi::Global { active_gen: 0, abi_version: vtap_abi::ABI_VERSION },
+            &vtap_abi::Global {
+                active_gen: 0,
+                abi_version: vtap_abi::ABI_VERSION,
+            },
         )?;
         Ok(dp)
     }
@@ -248,7 +277,10 @@ impl Datapath {
     /// Waits for an RCU grace period: no packet still uses what was active
     /// before the call.
     pub fn barrier(&self) -> Result<(), DatapathError> {
-        self.barrier.wait().map_err(|source| DatapathError::Os { what: "RCU barrier", source })
+        self.barrier.wait().map_err(|source| DatapathError::Os {
+            what: "RCU barrier",
+            source,
+        })
     }
 
     /// Attaches the program of `dir` to `iface` with TCX (appended after
@@ -258,7 +290,12 @@ impl Datapath {
         if self.links.contains_key(&(iface.to_string(), dir)) {
             return Ok(());
         }
-        let key = vtap_abi::TapKey { ifindex, dir: dir as u8, generation: 0, _pad: 0 };
+        let key = vtap_abi::TapKey {
+            ifindex,
+            dir: dir as u8,
+            generation: 0,
+            _pad: 0,
+        };
         let zero = vec![0u8; self.percpu_stride::<vtap_abi::TapStats>() * self.ncpus];
         let mut cur = zero.clone();
         let exists = sys::lookup(self.maps.tap_stats.fd(), sys::bytes_of(&key), &mut cur)
@@ -271,11 +308,14 @@ impl Datapath {
             Dir::Ingress => TcAttachType::Ingress,
             Dir::Egress => TcAttachType::Egress,
         };
-        let link = self.program_mut(dir).attach(iface, tc).map_err(|e| DatapathError::Attach {
-            iface: iface.to_string(),
-            dir: dir.as_str(),
-            source: Box::new(e),
-        })?;
+        let link = self
+            .program_mut(dir)
+            .attach(iface, tc)
+            .map_err(|e| DatapathError::Attach {
+                iface: iface.to_string(),
+                dir: dir.as_str(),
+                source: Box::new(e),
+            })?;
         self.links.insert((iface.to_string(), dir), link);
         Ok(())
     }
@@ -283,14 +323,24 @@ impl Datapath {
     /// Detaches the program of `dir` from `iface` and forgets the counters
     /// of (ifindex, dir). A link whose interface is gone is already detached
     /// by the kernel; that is not an error.
-    pub fn detach(&mut self, iface: &str, ifindex: Option<u32>, dir: Dir) -> Result<(), DatapathError> {
+    pub fn detach(
+        &mut self,
+        iface: &str,
+        ifindex: Option<u32>,
+        dir: Dir,
+    ) -> Result<(), DatapathError> {
         if let Some(link) = self.links.remove(&(iface.to_string(), dir)) {
             if let Err(e) = self.program_mut(dir).detach(link) {
                 tracing::debug!(iface, dir = dir.as_str(), error = %e, "detach");
             }
         }
         if let Some(ifindex) = ifindex {
-            let key = vtap_abi::TapKey { ifindex, dir: dir as u8, generation: 0, _pad: 0 };
+            let key = vtap_abi::TapKey {
+                ifindex,
+                dir: dir as u8,
+                generation: 0,
+                _pad: 0,
+            };
             self.maps.tap_stats.delete(&key)?;
         }
         Ok(())

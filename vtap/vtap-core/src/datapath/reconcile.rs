@@ -54,7 +54,14 @@ pub struct Image {
 }
 
 fn zero_action() -> PolicyAction {
-    PolicyAction { outputs: 0, out_ids: [0; 8], sample_one_in: 0, snaplen: 0, rate_pps: 0, rate_bps: 0 }
+    PolicyAction {
+        outputs: 0,
+        out_ids: [0; 8],
+        sample_one_in: 0,
+        snaplen: 0,
+        rate_pps: 0,
+        rate_bps: 0,
+    }
 }
 
 impl Image {
@@ -95,7 +102,11 @@ impl Default for Reconciler {
 impl Reconciler {
     /// For freshly loaded maps (both generations empty, 0 active).
     pub fn new() -> Self {
-        Reconciler { written: [Some(Image::empty()), Some(Image::empty())], active: 0, flips: 0 }
+        Reconciler {
+            written: [Some(Image::empty()), Some(Image::empty())],
+            active: 0,
+            flips: 0,
+        }
     }
 
     /// The active generation.
@@ -124,7 +135,10 @@ impl Reconciler {
         self.written[g as usize] = Some(img.clone());
         dp.maps.global.update(
             &0u32,
-            &vtap_abi::Global { active_gen: g, abi_version: vtap_abi::ABI_VERSION },
+            &vtap_abi::Global {
+                active_gen: g,
+                abi_version: vtap_abi::ABI_VERSION,
+            },
         )?;
         self.active = g;
         self.flips += 1;
@@ -150,10 +164,14 @@ fn write_generation(
             purge(&m.tap_sel, 8, |k| k[5] as u32 == g)?;
             purge(&m.ether, 4, |k| k[2] as u32 == g)?;
             for lpm in [&m.src4, &m.dst4] {
-                purge(lpm, 12, |k| u32::from_ne_bytes(k[4..8].try_into().unwrap()) == g)?;
+                purge(lpm, 12, |k| {
+                    u32::from_ne_bytes(k[4..8].try_into().unwrap()) == g
+                })?;
             }
             for lpm in [&m.src6, &m.dst6] {
-                purge(lpm, 24, |k| u32::from_ne_bytes(k[4..8].try_into().unwrap()) == g)?;
+                purge(lpm, 24, |k| {
+                    u32::from_ne_bytes(k[4..8].try_into().unwrap()) == g
+                })?;
             }
             empty = Image::empty();
             (&empty, true)
@@ -172,9 +190,16 @@ fn write_generation(
         generation: g8,
         _pad: 0,
     })?;
-    let k4 = |&(len, addr): &(u8, [u8; 4])| Lpm4Key { prefixlen: 32 + len as u32, generation: g, addr };
-    let k6 =
-        |&(len, addr): &(u8, [u8; 16])| Lpm6Key { prefixlen: 32 + len as u32, generation: g, addr };
+    let k4 = |&(len, addr): &(u8, [u8; 4])| Lpm4Key {
+        prefixlen: 32 + len as u32,
+        generation: g,
+        addr,
+    };
+    let k6 = |&(len, addr): &(u8, [u8; 16])| Lpm6Key {
+        prefixlen: 32 + len as u32,
+        generation: g,
+        addr,
+    };
     diff_hash(&m.src4, &old.src4, &new.src4, k4)?;
     diff_hash(&m.dst4, &old.dst4, &new.dst4, k4)?;
     diff_hash(&m.src6, &old.src6, &new.src6, k6)?;
@@ -226,7 +251,11 @@ fn diff_array<V: aya::Pod + PartialEq>(
 }
 
 /// Deletes every key of a hash/LPM map for which `pick` is true.
-fn purge(map: &MapHandle, key_size: usize, pick: impl Fn(&[u8]) -> bool) -> Result<(), DatapathError> {
+fn purge(
+    map: &MapHandle,
+    key_size: usize,
+    pick: impl Fn(&[u8]) -> bool,
+) -> Result<(), DatapathError> {
     let mut keys = Vec::new();
     let mut cur: Option<Vec<u8>> = None;
     loop {

@@ -18,7 +18,8 @@ pub fn sum_percpu<K: aya::Pod, V: aya::Pod + Default>(
     debug_assert_eq!(size % 8, 0, "counter structs are u64 sequences");
     let stride = size.div_ceil(8) * 8;
     let mut buf = vec![0u8; stride * dp.ncpus];
-    let found = sys::lookup(map.fd(), sys::bytes_of(key), &mut buf).map_err(|e| map.err("lookup", e))?;
+    let found =
+        sys::lookup(map.fd(), sys::bytes_of(key), &mut buf).map_err(|e| map.err("lookup", e))?;
     if !found {
         return Ok(None);
     }
@@ -31,7 +32,9 @@ fn sum_slots<V: aya::Pod + Default>(buf: &[u8], size: usize, stride: usize, ncpu
     for cpu in 0..ncpus {
         let slot = &buf[cpu * stride..cpu * stride + size];
         for (w, a) in acc.iter_mut().enumerate() {
-            *a = a.wrapping_add(u64::from_ne_bytes(slot[w * 8..w * 8 + 8].try_into().unwrap()));
+            *a = a.wrapping_add(u64::from_ne_bytes(
+                slot[w * 8..w * 8 + 8].try_into().unwrap(),
+            ));
         }
     }
     let bytes: Vec<u8> = acc.iter().flat_map(|w| w.to_ne_bytes()).collect();
@@ -59,6 +62,11 @@ pub fn zero_percpu<V>(dp: &Datapath, map: &MapHandle, index: u32) -> Result<(), 
 
 /// The counters of one tap + direction.
 pub fn tap_stats(dp: &Datapath, ifindex: u32, dir: Dir) -> Result<TapStats, DatapathError> {
-    let key = TapKey { ifindex, dir: dir as u8, generation: 0, _pad: 0 };
+    let key = TapKey {
+        ifindex,
+        dir: dir as u8,
+        generation: 0,
+        _pad: 0,
+    };
     Ok(sum_percpu(dp, &dp.maps.tap_stats, &key)?.unwrap_or_default())
 }

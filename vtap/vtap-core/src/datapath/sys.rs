@@ -107,12 +107,7 @@ pub fn next_key(fd: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> io::
 
 /// `BPF_MAP_UPDATE_BATCH`: `keys` holds `count` keys of `key_size` bytes,
 /// `values` `count` values. Returns how many were written before an error.
-pub fn update_batch(
-    fd: BorrowedFd<'_>,
-    keys: &[u8],
-    values: &[u8],
-    count: u32,
-) -> io::Result<()> {
+pub fn update_batch(fd: BorrowedFd<'_>, keys: &[u8], values: &[u8], count: u32) -> io::Result<()> {
     if count == 0 {
         return Ok(());
     }
@@ -166,7 +161,9 @@ pub fn lookup_batch_array(fd: BorrowedFd<'_>, count: u32, values: &mut [u8]) -> 
         }
     }
     if done != count {
-        return Err(io::Error::other(format!("batch lookup read {done} of {count} entries")));
+        return Err(io::Error::other(format!(
+            "batch lookup read {done} of {count} entries"
+        )));
     }
     Ok(())
 }

@@ -22,7 +22,11 @@ impl L4 {
     }
     fn bytes(&self) -> Vec<u8> {
         match self {
-            L4::Tcp { sport, dport, flags } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 let mut h = vec![0u8; 20];
                 h[0..2].copy_from_slice(&sport.to_be_bytes());
                 h[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -57,7 +61,7 @@ pub fn eth(tags: &[(u16, u16)], ether_type: u16) -> Vec<u8> {
 /// IPv4 packet options.
 #[derive(Clone, Debug, Default)]
 pub struct V4 {
-    pub options: usize, // bytes of options (multiple of 4)
+    pub options: usize,   // bytes of options (multiple of 4)
     pub frag_offset: u16, // in 8-byte units
     pub more_fragments: bool,
 }
