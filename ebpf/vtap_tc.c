@@ -64,6 +64,13 @@ struct {
 		__type(value, struct vtap_bitmap);              \
 	} name SEC(".maps")
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, VTAP_MAX_CIDRS);
+	__type(key, struct vtap_cidr_key);
+	__type(value, struct vtap_bitmap);
+} vtap_cidr SEC(".maps");
+
 LPM_MAP(vtap_src4, vtap_lpm4_key);
 LPM_MAP(vtap_dst4, vtap_lpm4_key);
 LPM_MAP(vtap_src6, vtap_lpm6_key);
@@ -170,11 +177,58 @@ static __always_inline __u32 bm_pop(struct vtap_bitmap *m)
 
 /* ------------------------------------------------------ classification */
 
+static __always_inline __u64 mask64(__u64 be, __u32 bits)
+{
+	/* be holds 8 address bytes in network order; keep the first `bits`. */
+	if (bits >= 64)
+		return be;
+	if (bits == 0)
+		return 0;
+	__u64 m = ~0ULL << (64 - bits);
+	return be & bpf_cpu_to_be64(m);
+}
+
+/* Exact-match lookups, one per prefix length, longest first. */
+static __always_inline const struct vtap_bitmap *
+cidr_hash_lookup(const struct vtap_lens *l, __u32 gen, __u32 table, const __u8 *addr, int v6)
+{
+	struct vtap_cidr_key k = { .generation = gen, .table = table };
+	__u64 hi, lo = 0;
+	__u32 n = l->n;
+
+	__builtin_memcpy(&hi, addr, 8);
+	if (v6)
+		__builtin_memcpy(&lo, addr + 8, 8);
+	else
+		hi &= bpf_cpu_to_be64(0xffffffff00000000ULL);
+#pragma unroll
+	for (int i = 0; i < VTAP_MAX_LENS; i++) {
+		if (i >= n)
+			break;
+		__u32 len = l->len[i];
+		__u64 h = mask64(hi, len);
+		__u64 o = len > 64 ? mask64(lo, len - 64) : 0;
+		__builtin_memcpy(k.addr, &h, 8);
+		__builtin_memcpy(k.addr + 8, &o, 8);
+		k.len = len;
+		const struct vtap_bitmap *b = bpf_map_lookup_elem(&vtap_cidr, &k);
+		if (b)
+			return b;
+	}
+	return NULL;
+}
+
 static __always_inline void and_lpm(struct vtap_bitmap *m, int v6, int dst, __u32 gen,
-				    const __u8 *addr, const struct vtap_bitmap *wild)
+				    const __u8 *addr, const struct vtap_gen_config *cfg,
+				    const struct vtap_bitmap *wild)
 {
 	const struct vtap_bitmap *b;
-	if (v6) {
+	__u32 table = v6 ? (dst ? VTAP_T_DST6 : VTAP_T_SRC6) : (dst ? VTAP_T_DST4 : VTAP_T_SRC4);
+	const struct vtap_lens *l = &cfg->lens[table & (VTAP_T_COUNT - 1)];
+
+	if (l->n != VTAP_LENS_LPM) {
+		b = cidr_hash_lookup(l, gen, table, addr, v6);
+	} else if (v6) {
 		struct vtap_lpm6_key k = { .prefixlen = 32 + 128, .generation = gen };
 		__builtin_memcpy(k.addr, addr, 16);
 		b = bpf_map_lookup_elem(dst ? (void *)&vtap_dst6 : (void *)&vtap_src6, &k);
@@ -198,7 +252,7 @@ static __always_inline void and_port(struct vtap_bitmap *m, int dst, __u32 gen, 
 }
 
 /* The address/port part of the match: fields that swap for bidirectional. */
-static __always_inline void and_endpoints(struct vtap_bitmap *m, const struct vtap_gen_config *cfg,
+static __noinline void and_endpoints(struct vtap_bitmap *m, const struct vtap_gen_config *cfg,
 					  __u32 gen, const struct vtap_parse *p, int reverse)
 {
 	__u32 used = cfg->used_fields;
@@ -210,13 +264,13 @@ static __always_inline void and_endpoints(struct vtap_bitmap *m, const struct vt
 
 	if (used & (1 << VTAP_F_SRC)) {
 		if (p->flags & VTAP_P_IP)
-			and_lpm(m, v6, 0, gen, sa, &cfg->wildcard[VTAP_F_SRC]);
+			and_lpm(m, v6, 0, gen, sa, cfg, &cfg->wildcard[VTAP_F_SRC]);
 		else
 			bm_and(m, &cfg->wildcard[VTAP_F_SRC]);
 	}
 	if (used & (1 << VTAP_F_DST)) {
 		if (p->flags & VTAP_P_IP)
-			and_lpm(m, v6, 1, gen, da, &cfg->wildcard[VTAP_F_DST]);
+			and_lpm(m, v6, 1, gen, da, cfg, &cfg->wildcard[VTAP_F_DST]);
 		else
 			bm_and(m, &cfg->wildcard[VTAP_F_DST]);
 	}
@@ -346,6 +400,7 @@ static __always_inline void send_copies(struct __sk_buff *skb, struct fire_ctx *
 {
 	__u64 want = c->want;
 
+#pragma clang loop unroll(disable)
 	for (int i = 0; i < VTAP_MAX_OUTPUTS; i++) {
 		if (!want)
 			break;

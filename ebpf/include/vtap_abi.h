@@ -36,7 +36,7 @@
 #define VTAP_MAX_POLICY_OUTPUTS 8 /* outputs of one policy */
 #define VTAP_GENERATIONS 2
 #define VTAP_MAX_TAPS 4096 /* (ifindex, direction) entries */
-#define VTAP_MAX_CIDRS 16384 /* LPM entries per table (both generations) */
+#define VTAP_MAX_CIDRS 16384 /* LPM entries per table, vtap_cidr entries (both generations) */
 #define VTAP_MAX_ETHER_TYPES 1024 /* ether_type entries (both generations) */
 #define VTAP_PORTS 65536
 #define VTAP_NO_OUTPUT 0xff /* unused entry of vtap_policy_action.out_ids */
@@ -103,16 +103,48 @@ struct vtap_bitmap {
 };
 _Static_assert(sizeof(struct vtap_bitmap) == 32, "vtap_bitmap size");
 
+/* Address tables. Each one is looked up either in its LPM trie or — when its
+ * prefixes use at most VTAP_MAX_LENS distinct lengths, the common case — in
+ * the vtap_cidr hash, one exact-match lookup per length, longest first (the
+ * first hit is the longest match; much cheaper than a trie walk). */
+enum vtap_cidr_table {
+	VTAP_T_SRC4 = 0,
+	VTAP_T_DST4 = 1,
+	VTAP_T_SRC6 = 2,
+	VTAP_T_DST6 = 3,
+	VTAP_T_COUNT = 4,
+};
+#define VTAP_MAX_LENS 7
+#define VTAP_LENS_LPM 0xff /* vtap_lens.n: use the LPM trie */
+
+struct vtap_lens {
+	__u8 n; /* number of lengths, or VTAP_LENS_LPM */
+	__u8 len[VTAP_MAX_LENS]; /* prefix lengths, longest first */
+};
+_Static_assert(sizeof(struct vtap_lens) == 8, "vtap_lens size");
+
 /* Per-generation configuration: array[VTAP_GENERATIONS]. */
 struct vtap_gen_config {
 	__u32 used_fields; /* bit VTAP_F_x set when some policy constrains field x */
 	__u32 flags; /* VTAP_GEN_ANY_BIDIR when bidir is not empty */
 	struct vtap_bitmap bidir; /* policies with bidirectional: true */
 	struct vtap_bitmap wildcard[VTAP_F_COUNT]; /* policies unconstrained on field x */
+	struct vtap_lens lens[VTAP_T_COUNT]; /* how each address table is looked up */
 };
 #define VTAP_GEN_ANY_BIDIR 1
-_Static_assert(sizeof(struct vtap_gen_config) == 8 + 32 + 32 * VTAP_F_COUNT,
+_Static_assert(sizeof(struct vtap_gen_config) == 8 + 32 + 32 * VTAP_F_COUNT + 8 * VTAP_T_COUNT,
 	       "vtap_gen_config size");
+
+/* vtap_cidr: hash (gen, table, prefix length, masked address) -> bitmap,
+ * the same bitmap the LPM entry of that prefix would hold. */
+struct vtap_cidr_key {
+	__u8 generation;
+	__u8 table; /* enum vtap_cidr_table */
+	__u8 len;
+	__u8 _pad;
+	__u8 addr[16]; /* IPv4 in the first 4 bytes, host bits zero */
+};
+_Static_assert(sizeof(struct vtap_cidr_key) == 20, "vtap_cidr_key size");
 
 /* vtap_tap_sel: hash (gen, ifindex, dir) -> bitmap of policies applying there. */
 struct vtap_tap_key {

@@ -32,6 +32,21 @@ pub const PORTS: usize = 65536;
 pub const NO_OUTPUT: u8 = 0xff;
 /// `GenConfig::flags`: some policy is bidirectional.
 pub const GEN_ANY_BIDIR: u32 = 1;
+/// Distinct prefix lengths an address table may use and still be looked up
+/// by exact-match hashes (`vtap_cidr`) instead of its LPM trie.
+pub const MAX_LENS: usize = 7;
+/// `Lens::n`: this table is looked up in its LPM trie.
+pub const LENS_LPM: u8 = 0xff;
+
+/// Address tables (`enum vtap_cidr_table`).
+#[allow(missing_docs)]
+pub mod cidr_table {
+    pub const SRC4: u8 = 0;
+    pub const DST4: u8 = 1;
+    pub const SRC6: u8 = 2;
+    pub const DST6: u8 = 3;
+    pub const COUNT: usize = 4;
+}
 
 /// Direction of a packet relative to the VM behind the tapped interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -172,6 +187,16 @@ impl Bitmap {
     }
 }
 
+/// `struct vtap_lens`: how one address table is looked up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Lens {
+    /// Number of lengths, or [`LENS_LPM`].
+    pub n: u8,
+    /// Prefix lengths, longest first.
+    pub len: [u8; MAX_LENS],
+}
+
 /// `struct vtap_gen_config`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
@@ -184,6 +209,24 @@ pub struct GenConfig {
     pub bidir: Bitmap,
     /// Per field: policies that do not constrain it (used on a lookup miss).
     pub wildcard: [Bitmap; field::COUNT],
+    /// Per address table ([`cidr_table`]): hash lengths or LPM.
+    pub lens: [Lens; cidr_table::COUNT],
+}
+
+/// `struct vtap_cidr_key`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct CidrKey {
+    /// Generation.
+    pub generation: u8,
+    /// [`cidr_table`].
+    pub table: u8,
+    /// Prefix length.
+    pub len: u8,
+    /// Zero.
+    pub _pad: u8,
+    /// Masked address (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
 }
 
 /// `struct vtap_tap_key`.
@@ -384,6 +427,8 @@ pod!(
     Global,
     Bitmap,
     GenConfig,
+    Lens,
+    CidrKey,
     TapKey,
     EtherKey,
     Lpm4Key,
@@ -414,8 +459,10 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize)>)> {
         l!(
             "vtap_gen_config",
             GenConfig,
-            [used_fields, flags, bidir, wildcard]
+            [used_fields, flags, bidir, wildcard, lens]
         ),
+        l!("vtap_lens", Lens, [n, len]),
+        l!("vtap_cidr_key", CidrKey, [generation, table, len, _pad, addr]),
         l!("vtap_tap_key", TapKey, [ifindex, dir, generation, _pad]),
         l!("vtap_ether_key", EtherKey, [ether_type, generation, _pad]),
         l!("vtap_lpm4_key", Lpm4Key, [prefixlen, generation, addr]),

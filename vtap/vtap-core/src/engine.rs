@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use vtap_abi::{
-    Bitmap, CopyStats, Dir, GEN_ANY_BIDIR, GenConfig, MAX_OUTPUTS, MAX_POLICIES, NO_OUTPUT, Output,
+    Bitmap, CopyStats, Dir, GEN_ANY_BIDIR, GenConfig, LENS_LPM, MAX_LENS, cidr_table, MAX_OUTPUTS, MAX_POLICIES, NO_OUTPUT, Output,
     OutputStats, PolicyAction, PolicyDrops, PolicyStats, output_kind,
 };
 
@@ -420,12 +420,25 @@ pub fn output_keys(p: &Policy) -> Vec<OutputKey> {
 
 /// Resolves a compiled set against the attached taps and live interfaces.
 pub fn resolve(c: &CompiledSet, taps: &BTreeMap<String, TapState>, links: &Links) -> Image {
+    resolve_with(c, taps, links, MAX_LENS)
+}
+
+/// [`resolve`] with a limit on the distinct prefix lengths an address table
+/// may have to use the exact-match hashes (0 = always the LPM tries; tests
+/// use it to cover both lookup paths).
+pub fn resolve_with(
+    c: &CompiledSet,
+    taps: &BTreeMap<String, TapState>,
+    links: &Links,
+    max_hash_lens: usize,
+) -> Image {
     let mut img = Image::empty();
     img.cfg = GenConfig {
         used_fields: c.used_fields,
         flags: if c.bidir.is_empty() { 0 } else { GEN_ANY_BIDIR },
         bidir: c.bidir,
         wildcard: c.wildcard,
+        lens: Default::default(),
     };
     for (name, st) in taps {
         for &dir in &st.attached {
@@ -436,26 +449,49 @@ pub fn resolve(c: &CompiledSet, taps: &BTreeMap<String, TapState>, links: &Links
         }
     }
     img.ether = c.ether_types.clone();
-    img.src4 = c
-        .src4
-        .iter()
-        .map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b))
-        .collect();
-    img.dst4 = c
-        .dst4
-        .iter()
-        .map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b))
-        .collect();
-    img.src6 = c
-        .src6
-        .iter()
-        .map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b))
-        .collect();
-    img.dst6 = c
-        .dst6
-        .iter()
-        .map(|(n, b)| ((n.prefix_len(), n.network().octets()), *b))
-        .collect();
+    // Each address table goes to exact-match hashes when it uses few
+    // distinct prefix lengths (one lookup per length), else to its LPM trie.
+    let v4 = |m: &BTreeMap<ipnet::Ipv4Net, Bitmap>| -> Vec<(u8, [u8; 16], Bitmap)> {
+        m.iter()
+            .map(|(n, b)| {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(&n.network().octets());
+                (n.prefix_len(), a, *b)
+            })
+            .collect()
+    };
+    let v6 = |m: &BTreeMap<ipnet::Ipv6Net, Bitmap>| -> Vec<(u8, [u8; 16], Bitmap)> {
+        m.iter().map(|(n, b)| (n.prefix_len(), n.network().octets(), *b)).collect()
+    };
+    let tables = [
+        (cidr_table::SRC4, v4(&c.src4)),
+        (cidr_table::DST4, v4(&c.dst4)),
+        (cidr_table::SRC6, v6(&c.src6)),
+        (cidr_table::DST6, v6(&c.dst6)),
+    ];
+    for (t, entries) in tables {
+        let lens: BTreeSet<u8> = entries.iter().map(|e| e.0).collect();
+        let lens_cfg = &mut img.cfg.lens[t as usize];
+        if lens.len() <= max_hash_lens.min(MAX_LENS) {
+            lens_cfg.n = lens.len() as u8;
+            for (i, l) in lens.iter().rev().enumerate() {
+                lens_cfg.len[i] = *l;
+            }
+            for (len, addr, b) in entries {
+                img.cidr.insert((t, len, addr), b);
+            }
+            continue;
+        }
+        lens_cfg.n = LENS_LPM;
+        for (len, addr, b) in entries {
+            match t {
+                cidr_table::SRC4 => img.src4.insert((len, addr[..4].try_into().unwrap()), b),
+                cidr_table::DST4 => img.dst4.insert((len, addr[..4].try_into().unwrap()), b),
+                cidr_table::SRC6 => img.src6.insert((len, addr), b),
+                _ => img.dst6.insert((len, addr), b),
+            };
+        }
+    }
     img.proto = c.proto.clone();
     img.tcp_flags = c.tcp_flags.clone();
     img.sport = c.sport.clone();

@@ -143,6 +143,32 @@ fn cidr_fields_v4_and_v6() {
 }
 
 #[test]
+fn cidr_fields_through_lpm_tries() {
+    // The same set as cidr_fields_v4_and_v6, with every address table in
+    // its LPM trie instead of the per-length hashes.
+    if !require_root() {
+        return;
+    }
+    private_netns();
+    let mut h = Harness::new(false);
+    h.hash_lens = 0;
+    h.apply(
+        [
+            p("src", "match: {src: [10.0.0.0/24]}"),
+            p("dst", "match: {dst: [10.0.0.2/32, 10.0.1.0/24]}"),
+            p("six", "match: {src: [\"fd00::/64\"], dst: [\"fd00::2/128\"]}"),
+        ]
+        .iter()
+        .map(|y| policy(y))
+        .collect(),
+    );
+    let icmp = |a, b| pad(ipv4(&[], a, b, &L4::Icmp, &V4::default()));
+    assert_eq!(h.classify(Dir::Ingress, &icmp(A, B)), set(&["src", "dst"]));
+    assert_eq!(h.classify(Dir::Egress, &icmp(C, C)), set(&["dst"]));
+    assert_eq!(h.classify(Dir::Ingress, &ipv6(&[], v6(1), v6(2), &[], &L4::Icmpv6)), set(&["six"]));
+}
+
+#[test]
 fn protocol_and_port_fields() {
     let (tcp, udp, icmp, web, dns, range, num) = (
         p("tcp", "match: {protocol: tcp}"),

@@ -58,6 +58,8 @@ fn bpf_program_agrees_with_reference_classifier() {
         let n = rng.gen_range(1..=40);
         let policies =
             testgen::random_policy_set(&mut rng, n, &[TAP, "vm2-tap", "vm*"], &["mon0", "mon1"]);
+        // Alternate the address lookup: exact-match hashes, LPM tries, mixed.
+        h.hash_lens = [vtap_abi::MAX_LENS, 0, 2][sets % 3];
         h.apply(policies.clone());
         sets += 1;
         let slots: Vec<(String, usize)> = h

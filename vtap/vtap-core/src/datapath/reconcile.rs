@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use vtap_abi::{
-    Bitmap, EtherKey, GenConfig, Lpm4Key, Lpm6Key, MAX_OUTPUTS, MAX_POLICIES, Output, PORTS,
+    Bitmap, CidrKey, EtherKey, GenConfig, Lpm4Key, Lpm6Key, MAX_OUTPUTS, MAX_POLICIES, Output, PORTS,
     PolicyAction, TapKey,
 };
 
@@ -31,6 +31,9 @@ pub struct Image {
     pub taps: BTreeMap<(u32, u8), Bitmap>,
     /// `vtap_ether`.
     pub ether: BTreeMap<u16, Bitmap>,
+    /// `vtap_cidr`: (table, prefix length, masked address) → policies, for
+    /// the address tables that use exact-match hashes (see `cfg.lens`).
+    pub cidr: BTreeMap<(u8, u8, [u8; 16]), Bitmap>,
     /// `vtap_src4`: (prefix length, address) → policies.
     pub src4: BTreeMap<(u8, [u8; 4]), Bitmap>,
     /// `vtap_dst4`.
@@ -71,6 +74,7 @@ impl Image {
             cfg: GenConfig::default(),
             taps: BTreeMap::new(),
             ether: BTreeMap::new(),
+            cidr: BTreeMap::new(),
             src4: BTreeMap::new(),
             dst4: BTreeMap::new(),
             src6: BTreeMap::new(),
@@ -163,6 +167,7 @@ fn write_generation(
         None => {
             purge(&m.tap_sel, 8, |k| k[5] as u32 == g)?;
             purge(&m.ether, 4, |k| k[2] as u32 == g)?;
+            purge(&m.cidr, 20, |k| k[0] as u32 == g)?;
             for lpm in [&m.src4, &m.dst4] {
                 purge(lpm, 12, |k| {
                     u32::from_ne_bytes(k[4..8].try_into().unwrap()) == g
@@ -189,6 +194,13 @@ fn write_generation(
         ether_type,
         generation: g8,
         _pad: 0,
+    })?;
+    diff_hash(&m.cidr, &old.cidr, &new.cidr, |&(table, len, addr)| CidrKey {
+        generation: g8,
+        table,
+        len,
+        _pad: 0,
+        addr,
     })?;
     let k4 = |&(len, addr): &(u8, [u8; 4])| Lpm4Key {
         prefixlen: 32 + len as u32,

@@ -12,7 +12,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use vtap_abi::{Dir, MAX_OUTPUTS, OutputStats, PolicyDrops, PolicyStats};
 use vtap_core::datapath::reconcile::Reconciler;
 use vtap_core::datapath::{Datapath, stats};
-use vtap_core::engine::{TapState, allocate, resolve};
+use vtap_core::engine::{TapState, allocate, resolve_with};
 use vtap_core::netlink::{Link, Links};
 use vtap_core::policy::compile::{Assignment, compile};
 use vtap_core::policy::model::Policy;
@@ -61,6 +61,9 @@ pub struct Harness {
     pub assignment: Assignment,
     pub policies: Vec<Policy>,
     ifindex_of_outputs: u32,
+    /// Address tables with at most this many prefix lengths use the hash
+    /// lookups, others the LPM tries (0: always LPM).
+    pub hash_lens: usize,
 }
 
 impl Harness {
@@ -73,6 +76,7 @@ impl Harness {
             assignment: Assignment::default(),
             policies: Vec::new(),
             ifindex_of_outputs: if deliver { 1 } else { 0 },
+            hash_lens: vtap_abi::MAX_LENS,
         }
     }
 
@@ -114,7 +118,7 @@ impl Harness {
                 }
             }
         }
-        let img = resolve(&c, &taps, &links);
+        let img = resolve_with(&c, &taps, &links, self.hash_lens);
         self.rec.apply(&self.dp, &img).expect("reconcile");
         self.assignment = a;
         self.policies = policies;
