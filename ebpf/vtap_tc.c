@@ -43,9 +43,9 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, VTAP_MAX_TAPS);
+	__uint(max_entries, VTAP_MAX_TAPS * VTAP_DIR_COUNT * VTAP_GENERATIONS);
 	__type(key, struct vtap_tap_key);
-	__type(value, struct vtap_bitmap);
+	__type(value, struct vtap_tap_sel);
 } vtap_tap_sel SEC(".maps");
 
 struct {
@@ -91,12 +91,6 @@ ARRAY_MAP(vtap_dport, VTAP_GENERATIONS * VTAP_PORTS, struct vtap_bitmap);
 ARRAY_MAP(vtap_actions, VTAP_GENERATIONS * VTAP_MAX_POLICIES, struct vtap_policy_action);
 ARRAY_MAP(vtap_outputs, VTAP_GENERATIONS * VTAP_MAX_OUTPUTS, struct vtap_output);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, VTAP_MAX_TAPS);
-	__type(key, struct vtap_tap_key);
-	__type(value, struct vtap_tap_stats);
-} vtap_tap_stats SEC(".maps");
 
 #define PERCPU_ARRAY_MAP(name, n, vtype)                   \
 	struct {                                           \
@@ -106,6 +100,7 @@ struct {
 		__type(value, vtype);                      \
 	} name SEC(".maps")
 
+PERCPU_ARRAY_MAP(vtap_tap_stats, VTAP_MAX_TAPS * VTAP_DIR_COUNT, struct vtap_tap_stats);
 PERCPU_ARRAY_MAP(vtap_policy_stats, VTAP_MAX_POLICIES * VTAP_DIR_COUNT, struct vtap_policy_stats);
 PERCPU_ARRAY_MAP(vtap_output_stats, VTAP_MAX_POLICIES * VTAP_MAX_OUTPUTS, struct vtap_output_stats);
 PERCPU_ARRAY_MAP(vtap_policy_drops, VTAP_MAX_POLICIES, struct vtap_policy_drops);
@@ -262,18 +257,7 @@ static __noinline void and_endpoints(struct vtap_bitmap *m, const struct vtap_ge
 	__u16 sp = reverse ? p->dport : p->sport;
 	__u16 dp = reverse ? p->sport : p->dport;
 
-	if (used & (1 << VTAP_F_SRC)) {
-		if (p->flags & VTAP_P_IP)
-			and_lpm(m, v6, 0, gen, sa, cfg, &cfg->wildcard[VTAP_F_SRC]);
-		else
-			bm_and(m, &cfg->wildcard[VTAP_F_SRC]);
-	}
-	if (used & (1 << VTAP_F_DST)) {
-		if (p->flags & VTAP_P_IP)
-			and_lpm(m, v6, 1, gen, da, cfg, &cfg->wildcard[VTAP_F_DST]);
-		else
-			bm_and(m, &cfg->wildcard[VTAP_F_DST]);
-	}
+	/* Cheap array lookups first; stop as soon as no policy is left. */
 	if (used & (1 << VTAP_F_SPORT)) {
 		if (p->flags & VTAP_P_PORTS)
 			and_port(m, 0, gen, sp);
@@ -285,6 +269,22 @@ static __noinline void and_endpoints(struct vtap_bitmap *m, const struct vtap_ge
 			and_port(m, 1, gen, dp);
 		else
 			bm_and(m, &cfg->wildcard[VTAP_F_DPORT]);
+	}
+	if (bm_empty(m))
+		return;
+	if (used & (1 << VTAP_F_SRC)) {
+		if (p->flags & VTAP_P_IP)
+			and_lpm(m, v6, 0, gen, sa, cfg, &cfg->wildcard[VTAP_F_SRC]);
+		else
+			bm_and(m, &cfg->wildcard[VTAP_F_SRC]);
+		if (bm_empty(m))
+			return;
+	}
+	if (used & (1 << VTAP_F_DST)) {
+		if (p->flags & VTAP_P_IP)
+			and_lpm(m, v6, 1, gen, da, cfg, &cfg->wildcard[VTAP_F_DST]);
+		else
+			bm_and(m, &cfg->wildcard[VTAP_F_DST]);
 	}
 }
 
@@ -444,13 +444,6 @@ static __always_inline void send_copies(struct __sk_buff *skb, struct fire_ctx *
 static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
 {
 	__u32 zero = 0;
-	struct vtap_tap_key tk = { .ifindex = skb->ifindex, .dir = dir };
-	struct vtap_tap_stats *ts = bpf_map_lookup_elem(&vtap_tap_stats, &tk);
-	if (ts) {
-		ts->packets++;
-		ts->bytes += skb->len;
-	}
-
 	struct vtap_global *g = bpf_map_lookup_elem(&vtap_global, &zero);
 	if (!g)
 		return TC_ACT_UNSPEC;
@@ -459,10 +452,17 @@ static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
 	if (!cfg)
 		return TC_ACT_UNSPEC;
 
-	tk.generation = gen;
-	struct vtap_bitmap *sel = bpf_map_lookup_elem(&vtap_tap_sel, &tk);
+	/* One lookup gives the tap's policies and its counters' slot. */
+	struct vtap_tap_key tk = { .ifindex = skb->ifindex, .dir = dir, .generation = gen };
+	struct vtap_tap_sel *sel = bpf_map_lookup_elem(&vtap_tap_sel, &tk);
 	if (!sel)
 		return TC_ACT_UNSPEC;
+	__u32 tidx = (sel->tap_slot & (VTAP_MAX_TAPS - 1)) * VTAP_DIR_COUNT + dir;
+	struct vtap_tap_stats *ts = bpf_map_lookup_elem(&vtap_tap_stats, &tidx);
+	if (ts) {
+		ts->packets++;
+		ts->bytes += skb->len;
+	}
 
 	struct vtap_parse p = {};
 	vtap_parse_skb(skb, &p, dir);
@@ -470,7 +470,7 @@ static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
 		ts->truncated++;
 
 	struct fire_ctx c = {};
-	struct vtap_bitmap base = *sel;
+	struct vtap_bitmap base = sel->policies;
 	and_base(&base, cfg, gen, &p);
 	if (bm_empty(&base))
 		return TC_ACT_UNSPEC;
@@ -495,13 +495,26 @@ static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
 	c.gen = gen;
 	c.dir = dir;
 	c.len = skb->len;
-	bpf_loop(n, visit_policy, &c, 0);
+	/* One or two firing policies (the common case) without bpf_loop. */
+	if (n <= 2) {
+		visit_policy(0, &c);
+		if (n == 2)
+			visit_policy(1, &c);
+	} else {
+		bpf_loop(n, visit_policy, &c, 0);
+	}
 
 	if (c.want)
 		send_copies(skb, &c);
 
 	c.left = fired;
-	bpf_loop(n, account_policy, &c, 0);
+	if (n <= 2) {
+		account_policy(0, &c);
+		if (n == 2)
+			account_policy(1, &c);
+	} else {
+		bpf_loop(n, account_policy, &c, 0);
+	}
 	return TC_ACT_UNSPEC;
 }
 

@@ -35,7 +35,7 @@
 #define VTAP_MAX_OUTPUTS 64 /* distinct (interface, vlan) outputs */
 #define VTAP_MAX_POLICY_OUTPUTS 8 /* outputs of one policy */
 #define VTAP_GENERATIONS 2
-#define VTAP_MAX_TAPS 4096 /* (ifindex, direction) entries */
+#define VTAP_MAX_TAPS 1024 /* tapped interfaces (tap slots) */
 #define VTAP_MAX_CIDRS 16384 /* LPM entries per table, vtap_cidr entries (both generations) */
 #define VTAP_MAX_ETHER_TYPES 1024 /* ether_type entries (both generations) */
 #define VTAP_PORTS 65536
@@ -146,7 +146,7 @@ struct vtap_cidr_key {
 };
 _Static_assert(sizeof(struct vtap_cidr_key) == 20, "vtap_cidr_key size");
 
-/* vtap_tap_sel: hash (gen, ifindex, dir) -> bitmap of policies applying there. */
+/* vtap_tap_sel: hash (gen, ifindex, dir) -> struct vtap_tap_sel. */
 struct vtap_tap_key {
 	__u32 ifindex;
 	__u8 dir;
@@ -154,6 +154,13 @@ struct vtap_tap_key {
 	__u16 _pad;
 };
 _Static_assert(sizeof(struct vtap_tap_key) == 8, "vtap_tap_key size");
+
+struct vtap_tap_sel {
+	struct vtap_bitmap policies; /* policies applying to this tap + direction */
+	__u32 tap_slot; /* index of the tap's counters, stable while attached */
+	__u32 _pad;
+};
+_Static_assert(sizeof(struct vtap_tap_sel) == 40, "vtap_tap_sel size");
 
 /* vtap_ether_type: hash (gen, ether_type in host order) -> bitmap. */
 struct vtap_ether_key {
@@ -203,8 +210,7 @@ _Static_assert(sizeof(struct vtap_output) == 8, "vtap_output size");
 
 /* --- counters (per-CPU, summed by user space; not generational) --------- */
 
-/* vtap_tap_stats: per-CPU hash (ifindex, dir) -> counters. The key reuses
- * vtap_tap_key with gen = 0. */
+/* vtap_tap_stats: per-CPU array indexed tap_slot * VTAP_DIR_COUNT + dir. */
 struct vtap_tap_stats {
 	__u64 packets;
 	__u64 bytes;

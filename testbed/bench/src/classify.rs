@@ -120,6 +120,7 @@ fn main() -> anyhow::Result<()> {
                 "vm1-tap".to_string(),
                 TapState {
                     ifindex: 1,
+                    slot: 0,
                     wanted: Dir::ALL.into(),
                     attached: Dir::ALL.into(),
                     error: None,

@@ -20,8 +20,8 @@ pub const MAX_OUTPUTS: usize = 64;
 pub const MAX_POLICY_OUTPUTS: usize = 8;
 /// Generations of the classification tables.
 pub const GENERATIONS: usize = 2;
-/// Capacity of the (ifindex, direction) tables.
-pub const MAX_TAPS: u32 = 4096;
+/// Tapped interfaces (tap slots; counters are indexed `slot * 2 + dir`).
+pub const MAX_TAPS: u32 = 1024;
 /// Capacity of each LPM table (both generations).
 pub const MAX_CIDRS: u32 = 16384;
 /// Capacity of the ether_type table (both generations).
@@ -243,6 +243,18 @@ pub struct TapKey {
     pub _pad: u16,
 }
 
+/// `struct vtap_tap_sel`: the value of `vtap_tap_sel`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct TapSel {
+    /// Policies applying to this tap + direction.
+    pub policies: Bitmap,
+    /// Index of the tap's counters.
+    pub tap_slot: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+
 /// `struct vtap_ether_key`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[repr(C)]
@@ -430,6 +442,7 @@ pod!(
     Lens,
     CidrKey,
     TapKey,
+    TapSel,
     EtherKey,
     Lpm4Key,
     Lpm6Key,
@@ -462,8 +475,13 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize)>)> {
             [used_fields, flags, bidir, wildcard, lens]
         ),
         l!("vtap_lens", Lens, [n, len]),
-        l!("vtap_cidr_key", CidrKey, [generation, table, len, _pad, addr]),
+        l!(
+            "vtap_cidr_key",
+            CidrKey,
+            [generation, table, len, _pad, addr]
+        ),
         l!("vtap_tap_key", TapKey, [ifindex, dir, generation, _pad]),
+        l!("vtap_tap_sel", TapSel, [policies, tap_slot, _pad]),
         l!("vtap_ether_key", EtherKey, [ether_type, generation, _pad]),
         l!("vtap_lpm4_key", Lpm4Key, [prefixlen, generation, addr]),
         l!("vtap_lpm6_key", Lpm6Key, [prefixlen, generation, addr]),

@@ -20,8 +20,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use vtap_abi::{
-    Bitmap, CopyStats, Dir, GEN_ANY_BIDIR, GenConfig, LENS_LPM, MAX_LENS, cidr_table, MAX_OUTPUTS, MAX_POLICIES, NO_OUTPUT, Output,
-    OutputStats, PolicyAction, PolicyDrops, PolicyStats, output_kind,
+    Bitmap, CopyStats, Dir, GEN_ANY_BIDIR, GenConfig, LENS_LPM, MAX_LENS, MAX_OUTPUTS,
+    MAX_POLICIES, NO_OUTPUT, Output, OutputStats, PolicyAction, PolicyDrops, PolicyStats, TapSel,
+    cidr_table, output_kind,
 };
 
 use crate::datapath::reconcile::{Image, Reconciler};
@@ -50,6 +51,8 @@ pub enum EngineError {
 pub struct TapState {
     /// Interface index (0 when the interface does not exist).
     pub ifindex: u32,
+    /// Index of the tap's counters in the datapath.
+    pub slot: u32,
     /// Directions some policy wants on it.
     pub wanted: BTreeSet<Dir>,
     /// Directions attached now.
@@ -216,17 +219,8 @@ impl Engine {
                 }
             }
         }
-        // Detach links whose interface vanished or changed index.
-        for (name, st) in &self.taps {
-            let now = links.get(name).map(|l| l.ifindex);
-            if now != Some(st.ifindex) && !st.attached.is_empty() {
-                for &dir in &st.attached {
-                    let _ = self.dp.detach(name, Some(st.ifindex), dir);
-                }
-            }
-        }
         let mut taps: BTreeMap<String, TapState> = BTreeMap::new();
-        // Patterns that match nothing yet are reported too (by pattern text).
+        // Names that match no interface yet are reported too.
         for rule in &compiled.taps {
             for p in &rule.patterns {
                 let text = p.as_str();
@@ -234,6 +228,7 @@ impl Engine {
                 if !is_glob && !links.contains_key(text) {
                     taps.entry(text.to_string()).or_insert_with(|| TapState {
                         ifindex: 0,
+                        slot: 0,
                         wanted: BTreeSet::new(),
                         attached: BTreeSet::new(),
                         error: Some("interface does not exist (yet)".to_string()),
@@ -241,45 +236,85 @@ impl Engine {
                 }
             }
         }
+        // Counter slots: a tap that stays (same name and ifindex) keeps its
+        // slot; a new one takes a slot no current tap holds (so none that a
+        // packet may still be counting into) and starts from zero.
+        let kept: BTreeMap<&String, u32> = self
+            .taps
+            .iter()
+            .filter(|(n, t)| t.ifindex != 0 && links.get(*n).map(|l| l.ifindex) == Some(t.ifindex))
+            .map(|(n, t)| (n, t.slot))
+            .collect();
+        let held: BTreeSet<u32> = self
+            .taps
+            .values()
+            .filter(|t| t.ifindex != 0)
+            .map(|t| t.slot)
+            .collect();
+        let mut free = (0..vtap_abi::MAX_TAPS).filter(|s| !held.contains(s));
         for (name, dirs) in &wanted {
             let ifindex = links[name].ifindex;
-            let mut st = TapState {
-                ifindex,
-                wanted: dirs.clone(),
-                attached: BTreeSet::new(),
-                error: None,
+            let slot = match kept.get(name) {
+                Some(&s) => s,
+                None => {
+                    let Some(s) = free.next() else {
+                        tracing::warn!(iface = %name, "too many tapped interfaces; not attaching");
+                        continue;
+                    };
+                    for dir in Dir::ALL {
+                        stats::zero_percpu::<vtap_abi::TapStats>(
+                            &self.dp,
+                            &self.dp.maps.tap_stats,
+                            s * 2 + dir as u32,
+                        )?;
+                    }
+                    s
+                }
             };
-            for &dir in dirs {
-                match self.dp.attach(name, ifindex, dir) {
+            let attached: BTreeSet<Dir> = match self.taps.get(name) {
+                Some(t) if t.ifindex == ifindex => t.attached.intersection(dirs).copied().collect(),
+                _ => BTreeSet::new(),
+            };
+            taps.insert(
+                name.clone(),
+                TapState {
+                    ifindex,
+                    slot,
+                    wanted: dirs.clone(),
+                    attached,
+                    error: None,
+                },
+            );
+        }
+        // Activate first: entries for taps not attached yet are harmless, and
+        // a tap is counted from its first packet once attached.
+        let image = resolve(compiled, &taps, links);
+        self.rec.apply(&self.dp, &image)?;
+        // Detach what is no longer wanted (or whose interface changed index:
+        // the kernel already removed that link with the old device).
+        let attached: Vec<(String, Dir)> = self.dp.attached().cloned().collect();
+        for (name, dir) in attached {
+            if !taps.get(&name).is_some_and(|t| t.attached.contains(&dir)) {
+                if let Err(e) = self.dp.detach(&name, dir) {
+                    tracing::debug!(iface = %name, error = %e, "detach");
+                }
+                tracing::info!(iface = %name, dir = dir.as_str(), "detached");
+            }
+        }
+        // Attach what is wanted and not attached yet.
+        for (name, st) in taps.iter_mut() {
+            let missing: Vec<Dir> = st.wanted.difference(&st.attached).copied().collect();
+            for dir in missing {
+                match self.dp.attach(name, st.ifindex, dir) {
                     Ok(()) => {
                         st.attached.insert(dir);
+                        tracing::info!(iface = %name, ifindex = st.ifindex, dir = dir.as_str(), "attached");
                     }
                     Err(e) => {
                         tracing::warn!(iface = %name, dir = dir.as_str(), error = %e, "attach failed");
                         st.error = Some(e.to_string());
                     }
                 }
-            }
-            taps.insert(name.clone(), st);
-        }
-        let image = resolve(compiled, &taps, links);
-        self.rec.apply(&self.dp, &image)?;
-        // Now that no generation refers to them, detach what is not wanted.
-        let attached: Vec<(String, Dir)> = self.dp.attached().cloned().collect();
-        for (name, dir) in attached {
-            let keep = taps.get(&name).is_some_and(|t| t.attached.contains(&dir));
-            if !keep {
-                let ifindex = self.taps.get(&name).map(|t| t.ifindex).filter(|i| *i != 0);
-                if let Err(e) = self.dp.detach(&name, ifindex, dir) {
-                    tracing::debug!(iface = %name, error = %e, "detach");
-                }
-                tracing::info!(iface = %name, dir = dir.as_str(), "detached");
-            }
-        }
-        for (name, st) in &taps {
-            let was = self.taps.get(name).map(|t| &t.attached);
-            if !st.attached.is_empty() && was != Some(&st.attached) {
-                tracing::info!(iface = %name, ifindex = st.ifindex, dirs = ?st.attached, "attached");
             }
         }
         self.taps = taps;
@@ -326,7 +361,7 @@ impl Engine {
                 snap.taps.push(TapCounters {
                     tap: name.clone(),
                     dir,
-                    stats: stats::tap_stats(dp, st.ifindex, dir)?,
+                    stats: stats::tap_stats(dp, st.slot, dir)?,
                 });
             }
         }
@@ -441,11 +476,19 @@ pub fn resolve_with(
         lens: Default::default(),
     };
     for (name, st) in taps {
-        for &dir in &st.attached {
-            let b = c.tap_bitmap(name, dir);
-            if !b.is_empty() {
-                img.taps.insert((st.ifindex, dir as u8), b);
-            }
+        if st.ifindex == 0 {
+            continue;
+        }
+        for &dir in &st.wanted {
+            let policies = c.tap_bitmap(name, dir);
+            img.taps.insert(
+                (st.ifindex, dir as u8),
+                TapSel {
+                    policies,
+                    tap_slot: st.slot,
+                    _pad: 0,
+                },
+            );
         }
     }
     img.ether = c.ether_types.clone();
@@ -461,7 +504,9 @@ pub fn resolve_with(
             .collect()
     };
     let v6 = |m: &BTreeMap<ipnet::Ipv6Net, Bitmap>| -> Vec<(u8, [u8; 16], Bitmap)> {
-        m.iter().map(|(n, b)| (n.prefix_len(), n.network().octets(), *b)).collect()
+        m.iter()
+            .map(|(n, b)| (n.prefix_len(), n.network().octets(), *b))
+            .collect()
     };
     let tables = [
         (cidr_table::SRC4, v4(&c.src4)),

@@ -156,7 +156,10 @@ fn cidr_fields_through_lpm_tries() {
         [
             p("src", "match: {src: [10.0.0.0/24]}"),
             p("dst", "match: {dst: [10.0.0.2/32, 10.0.1.0/24]}"),
-            p("six", "match: {src: [\"fd00::/64\"], dst: [\"fd00::2/128\"]}"),
+            p(
+                "six",
+                "match: {src: [\"fd00::/64\"], dst: [\"fd00::2/128\"]}",
+            ),
         ]
         .iter()
         .map(|y| policy(y))
@@ -165,7 +168,10 @@ fn cidr_fields_through_lpm_tries() {
     let icmp = |a, b| pad(ipv4(&[], a, b, &L4::Icmp, &V4::default()));
     assert_eq!(h.classify(Dir::Ingress, &icmp(A, B)), set(&["src", "dst"]));
     assert_eq!(h.classify(Dir::Egress, &icmp(C, C)), set(&["dst"]));
-    assert_eq!(h.classify(Dir::Ingress, &ipv6(&[], v6(1), v6(2), &[], &L4::Icmpv6)), set(&["six"]));
+    assert_eq!(
+        h.classify(Dir::Ingress, &ipv6(&[], v6(1), v6(2), &[], &L4::Icmpv6)),
+        set(&["six"])
+    );
 }
 
 #[test]

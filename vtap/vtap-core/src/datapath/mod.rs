@@ -287,25 +287,13 @@ impl Datapath {
 
     /// Attaches the program of `dir` to `iface` with TCX (appended after
     /// programs already there; ours return TC_ACT_UNSPEC so later ones run).
-    /// Creates the tap's counters first. Idempotent.
+    /// Idempotent. The tap's table entries (policies, counter slot) are
+    /// written by the reconciler before this is called.
     pub fn attach(&mut self, iface: &str, ifindex: u32, dir: Dir) -> Result<(), DatapathError> {
         if self.links.contains_key(&(iface.to_string(), dir)) {
             return Ok(());
         }
-        let key = vtap_abi::TapKey {
-            ifindex,
-            dir: dir as u8,
-            generation: 0,
-            _pad: 0,
-        };
-        let zero = vec![0u8; self.percpu_stride::<vtap_abi::TapStats>() * self.ncpus];
-        let mut cur = zero.clone();
-        let exists = sys::lookup(self.maps.tap_stats.fd(), sys::bytes_of(&key), &mut cur)
-            .map_err(|e| self.maps.tap_stats.err("lookup", e))?;
-        if !exists {
-            sys::update(self.maps.tap_stats.fd(), sys::bytes_of(&key), &zero, 0)
-                .map_err(|e| self.maps.tap_stats.err("create tap counters", e))?;
-        }
+        let _ = ifindex;
         let tc = match dir {
             Dir::Ingress => TcAttachType::Ingress,
             Dir::Egress => TcAttachType::Egress,
@@ -322,28 +310,13 @@ impl Datapath {
         Ok(())
     }
 
-    /// Detaches the program of `dir` from `iface` and forgets the counters
-    /// of (ifindex, dir). A link whose interface is gone is already detached
-    /// by the kernel; that is not an error.
-    pub fn detach(
-        &mut self,
-        iface: &str,
-        ifindex: Option<u32>,
-        dir: Dir,
-    ) -> Result<(), DatapathError> {
+    /// Detaches the program of `dir` from `iface`. A link whose interface is
+    /// gone is already detached by the kernel; that is not an error.
+    pub fn detach(&mut self, iface: &str, dir: Dir) -> Result<(), DatapathError> {
         if let Some(link) = self.links.remove(&(iface.to_string(), dir)) {
             if let Err(e) = self.program_mut(dir).detach(link) {
                 tracing::debug!(iface, dir = dir.as_str(), error = %e, "detach");
             }
-        }
-        if let Some(ifindex) = ifindex {
-            let key = vtap_abi::TapKey {
-                ifindex,
-                dir: dir as u8,
-                generation: 0,
-                _pad: 0,
-            };
-            self.maps.tap_stats.delete(&key)?;
         }
         Ok(())
     }
@@ -357,7 +330,7 @@ impl Datapath {
     pub fn detach_all(&mut self) {
         let keys: Vec<(String, Dir)> = self.links.keys().cloned().collect();
         for (n, d) in keys {
-            let _ = self.detach(&n, None, d);
+            let _ = self.detach(&n, d);
         }
     }
 

@@ -15,8 +15,8 @@
 use std::collections::BTreeMap;
 
 use vtap_abi::{
-    Bitmap, CidrKey, EtherKey, GenConfig, Lpm4Key, Lpm6Key, MAX_OUTPUTS, MAX_POLICIES, Output, PORTS,
-    PolicyAction, TapKey,
+    Bitmap, CidrKey, EtherKey, GenConfig, Lpm4Key, Lpm6Key, MAX_OUTPUTS, MAX_POLICIES, Output,
+    PORTS, PolicyAction, TapKey, TapSel,
 };
 
 use super::{Datapath, DatapathError, MapHandle, sys};
@@ -27,8 +27,8 @@ use super::{Datapath, DatapathError, MapHandle, sys};
 pub struct Image {
     /// `vtap_gen_cfg[gen]`.
     pub cfg: GenConfig,
-    /// `vtap_tap_sel`: (ifindex, dir) → policies.
-    pub taps: BTreeMap<(u32, u8), Bitmap>,
+    /// `vtap_tap_sel`: (ifindex, dir) → policies and counter slot.
+    pub taps: BTreeMap<(u32, u8), TapSel>,
     /// `vtap_ether`.
     pub ether: BTreeMap<u16, Bitmap>,
     /// `vtap_cidr`: (table, prefix length, masked address) → policies, for
@@ -195,12 +195,14 @@ fn write_generation(
         generation: g8,
         _pad: 0,
     })?;
-    diff_hash(&m.cidr, &old.cidr, &new.cidr, |&(table, len, addr)| CidrKey {
-        generation: g8,
-        table,
-        len,
-        _pad: 0,
-        addr,
+    diff_hash(&m.cidr, &old.cidr, &new.cidr, |&(table, len, addr)| {
+        CidrKey {
+            generation: g8,
+            table,
+            len,
+            _pad: 0,
+            addr,
+        }
     })?;
     let k4 = |&(len, addr): &(u8, [u8; 4])| Lpm4Key {
         prefixlen: 32 + len as u32,
@@ -226,10 +228,10 @@ fn write_generation(
 }
 
 /// Deletes then inserts/updates so the map holds `new` for this generation.
-fn diff_hash<K: Ord, MK: aya::Pod>(
+fn diff_hash<K: Ord, MK: aya::Pod, V: aya::Pod + PartialEq>(
     map: &MapHandle,
-    old: &BTreeMap<K, Bitmap>,
-    new: &BTreeMap<K, Bitmap>,
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
     key: impl Fn(&K) -> MK,
 ) -> Result<(), DatapathError> {
     for k in old.keys().filter(|k| !new.contains_key(*k)) {

@@ -4,7 +4,7 @@
 //! (one slot per possible CPU, each rounded up to 8 bytes) is summed word by
 //! word. Counters are read, never reset: Prometheus computes rates.
 
-use vtap_abi::{Dir, TapKey, TapStats};
+use vtap_abi::{Dir, TapStats};
 
 use super::{Datapath, DatapathError, MapHandle, sys};
 
@@ -60,13 +60,8 @@ pub fn zero_percpu<V>(dp: &Datapath, map: &MapHandle, index: u32) -> Result<(), 
     sys::update(map.fd(), &index.to_ne_bytes(), &zero, 0).map_err(|e| map.err("zero", e))
 }
 
-/// The counters of one tap + direction.
-pub fn tap_stats(dp: &Datapath, ifindex: u32, dir: Dir) -> Result<TapStats, DatapathError> {
-    let key = TapKey {
-        ifindex,
-        dir: dir as u8,
-        generation: 0,
-        _pad: 0,
-    };
-    Ok(sum_percpu(dp, &dp.maps.tap_stats, &key)?.unwrap_or_default())
+/// The counters of one tap slot + direction.
+pub fn tap_stats(dp: &Datapath, slot: u32, dir: Dir) -> Result<TapStats, DatapathError> {
+    let idx = slot * 2 + dir as u32;
+    Ok(sum_percpu(dp, &dp.maps.tap_stats, &idx)?.unwrap_or_default())
 }

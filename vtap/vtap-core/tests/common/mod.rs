@@ -90,6 +90,7 @@ impl Harness {
             TAP.to_string(),
             TapState {
                 ifindex: 1,
+                slot: 0,
                 wanted: Dir::ALL.into_iter().collect(),
                 attached: Dir::ALL.into_iter().collect(),
                 error: None,
