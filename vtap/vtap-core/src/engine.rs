@@ -123,6 +123,9 @@ pub struct Engine {
     compiled: Option<CompiledSet>,
     taps: BTreeMap<String, TapState>,
     links: Links,
+    /// Interfaces named by policies that were missing at the last check
+    /// (logged once when they go missing and once when they come back).
+    missing: BTreeSet<String>,
 }
 
 impl Engine {
@@ -136,6 +139,7 @@ impl Engine {
             compiled: None,
             taps: BTreeMap::new(),
             links: Links::new(),
+            missing: BTreeSet::new(),
         })
     }
 
@@ -317,9 +321,37 @@ impl Engine {
                 }
             }
         }
+        self.report_missing(compiled, &taps, links);
         self.taps = taps;
         self.links = links.clone();
         Ok(())
+    }
+
+    /// Logs, once per change, taps and output interfaces that do not exist.
+    fn report_missing(&mut self, compiled: &CompiledSet, taps: &BTreeMap<String, TapState>, links: &Links) {
+        let mut missing = BTreeSet::new();
+        for (name, st) in taps {
+            if st.ifindex == 0 {
+                missing.insert(name.clone());
+                if !self.missing.contains(name) {
+                    tracing::warn!(iface = %name, "tap interface does not exist; will attach when it appears");
+                }
+            }
+        }
+        for key in compiled.outputs.values() {
+            if !links.contains_key(&key.interface) {
+                if missing.insert(key.interface.clone()) && !self.missing.contains(&key.interface) {
+                    tracing::warn!(
+                        iface = %key.interface,
+                        "output interface does not exist; its copies are counted as output_down until it appears"
+                    );
+                }
+            }
+        }
+        for name in self.missing.difference(&missing) {
+            tracing::info!(iface = %name, "interface appeared");
+        }
+        self.missing = missing;
     }
 
     fn zero_slot(&self, slot: u16) -> Result<(), DatapathError> {
