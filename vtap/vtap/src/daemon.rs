@@ -135,7 +135,8 @@ fn init_tracing(json: bool) {
 fn load_policies(dir: Option<&Path>) -> anyhow::Result<Vec<Policy>> {
     match dir {
         None => Ok(Vec::new()),
-        Some(d) => vtap_core::policy::load::load_path(d).map_err(|e| anyhow::anyhow!("{e}")),
+        // Validates with file names, so every error names its file.
+        Some(d) => vtap_core::policy::load::load_and_validate(d).map_err(|e| anyhow::anyhow!("{e}")),
     }
 }
 
@@ -154,7 +155,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(listen = %cfg.listen, policies = ?cfg.policies, state_dir = %cfg.state_dir.display(), "starting vtap daemon");
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| anyhow::anyhow!("creating state dir {}: {e}", cfg.state_dir.display()))?;
-    let policies = load_policies(cfg.policies.as_deref())?;
+    let policies = match load_policies(cfg.policies.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                tracing::error!("policy directory rejected: {line}");
+            }
+            anyhow::bail!("invalid policy directory; nothing attached");
+        }
+    };
     let links = vtap_core::netlink::list_links().await?;
     let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
         let mut engine = Engine::new()?;

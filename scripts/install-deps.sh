@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs what vtap's build, tests and demo need on Debian 12, and mounts
+# bpffs. Idempotent and non-interactive: packages already present are not
+# touched, and apt runs only when something is missing.
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+APT_OPTS=(-y -q -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: not root; skipping package installs and bpffs mount" >&2
+    exit 0
+fi
+
+# Debian package -> why
+PKGS=(
+    clang-19          # compiles ebpf/*.c
+    llvm-19           # llvm-strip/objdump for BPF objects
+    libbpf-dev        # bpf/bpf_helpers.h, bpf_endian.h
+    bpftool           # debugging loaded programs
+    iproute2          # ip netns / ip link / bridge (testbed)
+    ethtool           # offload switches (testbed)
+    iputils-ping      # ping between testbed VMs
+    procps            # sysctl
+    tcpdump           # captures on monitors (tests, demo)
+    tshark            # pcap inspection
+    iperf3            # benchmarks
+    curl              # demo: talk to the daemon's REST API
+    prometheus        # promtool check metrics
+    netsniff-ng       # trafgen (benchmarks)
+    python3           # helper scripts
+    pkg-config
+    build-essential
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}"
+    # tshark asks whether non-root users may capture: answer it up front.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    apt-get update -q -o DPkg::Lock::Timeout=600 >/dev/null
+    apt-get install "${APT_OPTS[@]}" --no-install-recommends "${missing[@]}"
+else
+    echo "install-deps: all packages present"
+fi
+
+# Cargo must exist (the toolchain is not a Debian package here).
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "install-deps: cargo not found in PATH; install a Rust toolchain (>= 1.95)" >&2
+    exit 1
+fi
+
+# bpffs for pinned maps/programs.
+if ! awk '$2 == "/sys/fs/bpf" && $3 == "bpf" { found = 1 } END { exit !found }' /proc/mounts; then
+    mkdir -p /sys/fs/bpf
+    mount -t bpf bpf /sys/fs/bpf
+    echo "install-deps: mounted bpffs on /sys/fs/bpf"
+fi
