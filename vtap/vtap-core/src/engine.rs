@@ -328,7 +328,12 @@ impl Engine {
     }
 
     /// Logs, once per change, taps and output interfaces that do not exist.
-    fn report_missing(&mut self, compiled: &CompiledSet, taps: &BTreeMap<String, TapState>, links: &Links) {
+    fn report_missing(
+        &mut self,
+        compiled: &CompiledSet,
+        taps: &BTreeMap<String, TapState>,
+        links: &Links,
+    ) {
         let mut missing = BTreeSet::new();
         for (name, st) in taps {
             if st.ifindex == 0 {

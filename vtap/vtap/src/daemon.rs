@@ -136,7 +136,9 @@ fn load_policies(dir: Option<&Path>) -> anyhow::Result<Vec<Policy>> {
     match dir {
         None => Ok(Vec::new()),
         // Validates with file names, so every error names its file.
-        Some(d) => vtap_core::policy::load::load_and_validate(d).map_err(|e| anyhow::anyhow!("{e}")),
+        Some(d) => {
+            vtap_core::policy::load::load_and_validate(d).map_err(|e| anyhow::anyhow!("{e}"))
+        }
     }
 }
 
