@@ -126,6 +126,9 @@ pub struct Engine {
     /// Interfaces named by policies that were missing at the last check
     /// (logged once when they go missing and once when they come back).
     missing: BTreeSet<String>,
+    /// Interfaces attached on request (`PUT /api/v1/taps/{iface}`), with
+    /// their directions, whatever the policies select.
+    explicit: BTreeMap<String, BTreeSet<Dir>>,
 }
 
 impl Engine {
@@ -140,6 +143,7 @@ impl Engine {
             taps: BTreeMap::new(),
             links: Links::new(),
             missing: BTreeSet::new(),
+            explicit: BTreeMap::new(),
         })
     }
 
@@ -207,6 +211,35 @@ impl Engine {
         Ok(self.rec.flips() != flips || self.taps != before)
     }
 
+    /// Interfaces attached on request, with their directions.
+    pub fn explicit_taps(&self) -> &BTreeMap<String, BTreeSet<Dir>> {
+        &self.explicit
+    }
+
+    /// Replaces the set of interfaces attached on request and re-resolves.
+    /// On error the previous set stays.
+    pub fn set_explicit_taps(
+        &mut self,
+        explicit: BTreeMap<String, BTreeSet<Dir>>,
+        links: &Links,
+    ) -> Result<(), EngineError> {
+        let before = std::mem::replace(&mut self.explicit, explicit);
+        let compiled = match self.compiled.take() {
+            Some(c) => c,
+            None => {
+                let (a, _, _) = allocate(&self.assignment, &[])?;
+                self.assignment = a;
+                compile(&[], &self.assignment).map_err(|e| EngineError::Compile(e.to_string()))?
+            }
+        };
+        let r = self.activate(&compiled, links);
+        self.compiled = Some(compiled);
+        if r.is_err() {
+            self.explicit = before;
+        }
+        r
+    }
+
     /// Detaches from every interface.
     pub fn shutdown(&mut self) {
         self.dp.detach_all();
@@ -224,6 +257,22 @@ impl Engine {
             }
         }
         let mut taps: BTreeMap<String, TapState> = BTreeMap::new();
+        for (name, dirs) in &self.explicit {
+            if links.contains_key(name) {
+                wanted.entry(name.clone()).or_default().extend(dirs.iter().copied());
+            } else {
+                taps.insert(
+                    name.clone(),
+                    TapState {
+                        ifindex: 0,
+                        slot: 0,
+                        wanted: BTreeSet::new(),
+                        attached: BTreeSet::new(),
+                        error: Some("interface does not exist (yet)".to_string()),
+                    },
+                );
+            }
+        }
         // Names that match no interface yet are reported too.
         for rule in &compiled.taps {
             for p in &rule.patterns {

@@ -13,3 +13,4 @@ pub mod datapath;
 pub mod engine;
 pub mod netlink;
 pub mod policy;
+pub mod store;

@@ -1,42 +1,57 @@
 //! `vtap daemon`: start-up in a fixed order — tracing, configuration (no
-//! binding yet), policies, datapath, attach, then serve — and a `select!`
-//! over the server, SIGHUP (reload the policy directory) and SIGTERM/SIGINT
-//! (stop serving, detach everything, exit 0).
+//! binding yet), security checks, policies, datapath, attach, bind, serve —
+//! and a `select!` over SIGHUP (re-read the policy directory) and
+//! SIGTERM/SIGINT (stop accepting, drain in-flight requests for a bounded
+//! time, detach everything, exit 0).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use serde::Deserialize;
 use tokio::signal::unix::{SignalKind, signal};
 use vtap_core::engine::{Engine, EngineError};
-use vtap_core::policy::model::Policy;
+use vtap_core::store::PolicyStore;
+
+use crate::api::{AppState, Auth, Core};
 
 /// Flags of `vtap daemon`; each overrides the config file.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Default)]
 pub struct DaemonArgs {
-    /// Daemon configuration file (YAML: listen, policies, state_dir, refresh_ms, log_format).
+    /// Daemon configuration file (YAML: listen, policies, state_dir,
+    /// token_file, public_read, insecure, body_limit, request_timeout_ms,
+    /// refresh_ms, log_format).
     #[arg(long)]
-    config: Option<PathBuf>,
-    /// Address of the HTTP API and /metrics [default: 127.0.0.1:7470].
+    pub config: Option<PathBuf>,
+    /// Address of the REST API and /metrics [default: 127.0.0.1:7470].
     #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Directory of policy files, loaded at start and on SIGHUP.
+    pub listen: Option<SocketAddr>,
+    /// Directory of policy files: loaded at start and on SIGHUP, and where
+    /// changes made over REST are persisted [default: STATE_DIR/policies].
     #[arg(long)]
-    policies: Option<PathBuf>,
+    pub policies: Option<PathBuf>,
     /// Directory for the daemon's state [default: /var/lib/vtap].
     #[arg(long)]
-    state_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    /// File holding a bearer token: enables authentication (every mutating
+    /// request needs it, and reads too unless --public-read).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// With --token-file: GET requests need no token.
+    #[arg(long)]
+    pub public_read: bool,
+    /// Allow listening on a non-loopback address without a token.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Largest accepted request body in bytes [default: 1048576].
+    #[arg(long)]
+    pub body_limit: Option<usize>,
     /// Log format: text or json [default: text].
     #[arg(long)]
-    log_format: Option<String>,
+    pub log_format: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -45,6 +60,13 @@ struct ConfigFile {
     listen: Option<SocketAddr>,
     policies: Option<PathBuf>,
     state_dir: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    public_read: bool,
+    #[serde(default)]
+    insecure: bool,
+    body_limit: Option<usize>,
+    request_timeout_ms: Option<u64>,
     refresh_ms: Option<u64>,
     log_format: Option<String>,
 }
@@ -53,8 +75,12 @@ struct ConfigFile {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub policies: Option<PathBuf>,
+    pub policies: PathBuf,
     pub state_dir: PathBuf,
+    pub token: Option<String>,
+    pub public_read: bool,
+    pub body_limit: usize,
+    pub request_timeout: Duration,
     pub refresh: Duration,
     pub log_json: bool,
 }
@@ -77,27 +103,59 @@ fn config(args: &DaemonArgs) -> anyhow::Result<Config> {
     if log_format != "text" && log_format != "json" {
         anyhow::bail!("log_format must be text or json, not {log_format:?}");
     }
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:7470".parse().unwrap());
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or(file.state_dir)
+        .unwrap_or_else(|| "/var/lib/vtap".into());
+    let token = match args.token_file.clone().or(file.token_file) {
+        None => None,
+        Some(p) => {
+            let t = std::fs::read_to_string(&p)
+                .map_err(|e| anyhow::anyhow!("reading token file {}: {e}", p.display()))?;
+            let t = t.trim().to_string();
+            if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                anyhow::bail!(
+                    "token file {}: the token must be at least 16 printable characters",
+                    p.display()
+                );
+            }
+            Some(t)
+        }
+    };
+    let insecure = args.insecure || file.insecure;
+    if token.is_none() && !listen.ip().is_loopback() && !insecure {
+        anyhow::bail!(
+            "refusing to listen on {listen} (not loopback) without --token-file; pass --insecure to do it anyway"
+        );
+    }
+    let body_limit = args.body_limit.or(file.body_limit).unwrap_or(1 << 20);
+    if body_limit < 1024 {
+        anyhow::bail!("body_limit must be at least 1024 bytes");
+    }
     Ok(Config {
-        listen: args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| "127.0.0.1:7470".parse().unwrap()),
-        policies: args.policies.clone().or(file.policies),
-        state_dir: args
-            .state_dir
+        listen,
+        policies: args
+            .policies
             .clone()
-            .or(file.state_dir)
-            .unwrap_or_else(|| "/var/lib/vtap".into()),
+            .or(file.policies)
+            .unwrap_or_else(|| state_dir.join("policies")),
+        state_dir,
+        token,
+        public_read: args.public_read || file.public_read,
+        body_limit,
+        request_timeout: Duration::from_millis(
+            file.request_timeout_ms
+                .unwrap_or(30_000)
+                .clamp(100, 600_000),
+        ),
         refresh: Duration::from_millis(file.refresh_ms.unwrap_or(1000).clamp(50, 60_000)),
         log_json: log_format == "json",
     })
-}
-
-/// Shared state of the HTTP handlers.
-#[derive(Clone)]
-pub struct AppState {
-    pub engine: Arc<Mutex<Engine>>,
-    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn run(args: DaemonArgs) -> ExitCode {
@@ -126,20 +184,12 @@ pub fn run(args: DaemonArgs) -> ExitCode {
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VTAP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if json { b.json().init() } else { b.init() }
-}
-
-fn load_policies(dir: Option<&Path>) -> anyhow::Result<Vec<Policy>> {
-    match dir {
-        None => Ok(Vec::new()),
-        // Validates with file names, so every error names its file.
-        Some(d) => {
-            vtap_core::policy::load::load_and_validate(d).map_err(|e| anyhow::anyhow!("{e}"))
-        }
-    }
 }
 
 fn log_engine_error(what: &str, e: &EngineError) {
@@ -153,22 +203,31 @@ fn log_engine_error(what: &str, e: &EngineError) {
     }
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
-    tracing::info!(listen = %cfg.listen, policies = ?cfg.policies, state_dir = %cfg.state_dir.display(), "starting vtap daemon");
+/// Builds the state: loads the policy directory and the explicit taps,
+/// loads the datapath and applies them.
+pub async fn build_state(cfg: &Config) -> anyhow::Result<AppState> {
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| anyhow::anyhow!("creating state dir {}: {e}", cfg.state_dir.display()))?;
-    let policies = match load_policies(cfg.policies.as_deref()) {
-        Ok(p) => p,
+    let (store, policies) = match PolicyStore::open(&cfg.policies) {
+        Ok(x) => x,
         Err(e) => {
             for line in e.to_string().lines() {
                 tracing::error!("policy directory rejected: {line}");
             }
-            anyhow::bail!("invalid policy directory; nothing attached");
+            anyhow::bail!(
+                "invalid policy directory {}; nothing attached",
+                cfg.policies.display()
+            );
         }
     };
+    let taps_file = cfg.state_dir.join("taps.json");
+    let explicit = crate::api::load_explicit_taps(&taps_file)?;
     let links = vtap_core::netlink::list_links().await?;
     let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
         let mut engine = Engine::new()?;
+        if !explicit.is_empty() {
+            engine.set_explicit_taps(explicit, &links)?;
+        }
         if let Err(e) = engine.apply(policies, &links) {
             log_engine_error("initial policy set rejected", &e);
             anyhow::bail!("initial policy set rejected: {e}");
@@ -176,21 +235,41 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Ok(engine)
     })
     .await??;
-    let n = engine.policies().len();
+    tracing::info!(policies = engine.policies().len(), dir = %cfg.policies.display(), "policies active");
     let state = AppState {
-        engine: Arc::new(Mutex::new(engine)),
-        ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        core: Arc::new(Mutex::new(Core {
+            engine,
+            store: Some(store),
+            taps_file: Some(taps_file),
+        })),
+        ready: Arc::new(AtomicBool::new(false)),
+        auth: Arc::new(Auth {
+            token: cfg.token.clone(),
+            public_read: cfg.public_read,
+        }),
+        body_limit: cfg.body_limit,
+        request_timeout: cfg.request_timeout,
     };
-    tracing::info!(policies = n, "policies active");
-    update_ready(&state);
+    state.update_ready();
+    Ok(state)
+}
 
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    tracing::info!(
+        listen = %cfg.listen,
+        policies = %cfg.policies.display(),
+        state_dir = %cfg.state_dir.display(),
+        auth = cfg.token.is_some(),
+        "starting vtap daemon"
+    );
+    let state = build_state(&cfg).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("listening on {}: {e}", cfg.listen))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(
-        axum::serve(listener, app(state.clone()))
+        axum::serve(listener, crate::api::app(state.clone()))
             .with_graceful_shutdown(async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             })
@@ -203,32 +282,36 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&state, cfg.policies.as_deref()).await,
+            _ = hup.recv() => reload(&state, cfg.policies.clone()).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
-    tracing::info!("stopping: draining requests, then detaching");
+    tracing::info!("stopping: draining requests (at most 5 s), then detaching");
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    if tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still running after 5 s; detaching anyway");
+    }
     let _ = refresher.await;
     let st = state.clone();
-    tokio::task::spawn_blocking(move || st.engine.lock().unwrap().shutdown()).await?;
+    tokio::task::spawn_blocking(move || {
+        st.core
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .engine
+            .shutdown()
+    })
+    .await?;
     tracing::info!("detached; bye");
     Ok(())
 }
 
-async fn reload(state: &AppState, dir: Option<&Path>) {
+/// SIGHUP: re-read the policy directory; a bad file keeps the running set.
+async fn reload(state: &AppState, dir: PathBuf) {
     tracing::info!("SIGHUP: reloading policies");
-    let policies = match load_policies(dir) {
-        Ok(p) => p,
-        Err(e) => {
-            for line in e.to_string().lines() {
-                tracing::error!("reload rejected, running set kept: {line}");
-            }
-            return;
-        }
-    };
     let links = match vtap_core::netlink::list_links().await {
         Ok(l) => l,
         Err(e) => {
@@ -238,16 +321,30 @@ async fn reload(state: &AppState, dir: Option<&Path>) {
     };
     let st = state.clone();
     let r = tokio::task::spawn_blocking(move || {
+        let mut c = st.core.lock().unwrap_or_else(|p| p.into_inner());
+        let (store, policies) = match PolicyStore::open(&dir) {
+            Ok(x) => x,
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    tracing::error!("reload rejected, running set kept: {line}");
+                }
+                return;
+            }
+        };
         let n = policies.len();
-        st.engine.lock().unwrap().apply(policies, &links).map(|_| n)
+        match c.engine.apply(policies, &links) {
+            Ok(()) => {
+                c.store = Some(store);
+                tracing::info!(policies = n, "reload applied");
+            }
+            Err(e) => log_engine_error("reload rejected, running set kept", &e),
+        }
     })
     .await;
-    match r {
-        Ok(Ok(n)) => tracing::info!(policies = n, "reload applied"),
-        Ok(Err(e)) => log_engine_error("reload rejected, running set kept", &e),
-        Err(e) => tracing::error!(error = %e, "reload task failed"),
+    if let Err(e) = r {
+        tracing::error!(error = %e, "reload task failed");
     }
-    update_ready(state);
+    state.update_ready();
 }
 
 async fn refresh_loop(
@@ -270,67 +367,17 @@ async fn refresh_loop(
             }
         };
         let st = state.clone();
-        let r =
-            tokio::task::spawn_blocking(move || st.engine.lock().unwrap().refresh(&links)).await;
+        let r = tokio::task::spawn_blocking(move || {
+            st.core
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .engine
+                .refresh(&links)
+        })
+        .await;
         if let Ok(Err(e)) = r {
             log_engine_error("refresh failed", &e);
         }
-        update_ready(&state);
-    }
-}
-
-/// Ready when every existing interface that a policy selects is attached.
-fn update_ready(state: &AppState) {
-    let e = state.engine.lock().unwrap();
-    let ready = e
-        .taps()
-        .values()
-        .all(|t| t.ifindex == 0 || t.attached == t.wanted);
-    state
-        .ready
-        .store(ready, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The HTTP application (tests call it with `oneshot`).
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(state)
-}
-
-async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.ready.load(std::sync::atomic::Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: some selected interfaces are not attached\n",
-        )
-    }
-}
-
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    let r = tokio::task::spawn_blocking(move || {
-        let e = s.engine.lock().unwrap();
-        crate::metrics::render(&e)
-    })
-    .await;
-    match r {
-        Ok(Ok(body)) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-            body,
-        )
-            .into_response(),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "reading counters failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "counters unavailable\n").into_response()
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "metrics task failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
-        }
+        state.update_ready();
     }
 }

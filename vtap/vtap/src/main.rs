@@ -1,13 +1,16 @@
 //! `vtap`: the appliance daemon and its command-line client.
 //!
 //! `vtap daemon` runs the appliance (see [`daemon`]); `vtap policy check`
-//! validates policy files offline. The other subcommands of the contract are
-//! clients of the REST API.
+//! validates policy files offline. The other subcommands are clients of the
+//! REST API (see [`cli`]): `--api URL` / `VTAP_API`, `--token` / `VTAP_TOKEN`,
+//! `--output table|json|yaml`.
 
+mod api;
+mod cli;
 mod daemon;
 mod metrics;
+mod wire;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -16,9 +19,13 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "vtap",
     version,
-    about = "eBPF virtual TAP and traffic-mirroring appliance"
+    about = "eBPF virtual TAP and traffic-mirroring appliance",
+    after_help = "Exit status of client commands: 0 ok, 1 refused by the daemon or bad input file, \
+                  2 usage error, 3 daemon unreachable."
 )]
 struct Cli {
+    #[command(flatten)]
+    global: cli::GlobalArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -27,51 +34,84 @@ struct Cli {
 enum Cmd {
     /// Run the appliance: attach to taps, mirror, serve the API.
     Daemon(daemon::DaemonArgs),
-    /// Policy files.
+    /// Mirror policies: apply files, list, get, delete, check offline.
     Policy {
         #[command(subcommand)]
-        cmd: PolicyCmd,
+        cmd: cli::policy::PolicyCmd,
     },
-}
-
-#[derive(Subcommand)]
-enum PolicyCmd {
-    /// Validate a policy file or directory offline (no daemon needed).
-    Check {
-        /// A policy file or a directory of them.
-        #[arg(short = 'f', long = "file")]
-        path: PathBuf,
+    /// Tapped interfaces: list, attach, detach.
+    Tap {
+        #[command(subcommand)]
+        cmd: cli::tap::TapCmd,
     },
+    /// Every counter: taps, policies, outputs.
+    Stats,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let ctx = cli::Ctx::new(cli.global);
     match cli.cmd {
         Cmd::Daemon(args) => daemon::run(args),
-        Cmd::Policy {
-            cmd: PolicyCmd::Check { path },
-        } => policy_check(&path),
+        Cmd::Policy { cmd } => cli::finish(cli::policy::run(&ctx, cmd)),
+        Cmd::Tap { cmd } => cli::finish(cli::tap::run(&ctx, cmd)),
+        Cmd::Stats => cli::finish(cli::stats::run(&ctx)),
     }
 }
 
-fn policy_check(path: &std::path::Path) -> ExitCode {
-    match vtap_core::policy::load::load_and_validate(path) {
-        Ok(policies) => {
-            for p in &policies {
-                println!(
-                    "ok  {:<24} {} taps, {} outputs{}",
-                    p.name,
-                    p.taps.len(),
-                    p.outputs.len(),
-                    if p.enabled { "" } else { " (disabled)" }
-                );
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_anywhere() {
+        let c = Cli::try_parse_from([
+            "vtap",
+            "policy",
+            "list",
+            "-o",
+            "json",
+            "--api",
+            "http://h:1",
+        ])
+        .unwrap();
+        assert_eq!(c.global.output, cli::output::Format::Json);
+        assert_eq!(c.global.api, "http://h:1");
+        let c = Cli::try_parse_from([
+            "vtap",
+            "--output",
+            "yaml",
+            "tap",
+            "attach",
+            "vm1-tap",
+            "--direction",
+            "egress",
+        ])
+        .unwrap();
+        assert_eq!(c.global.output, cli::output::Format::Yaml);
+        assert!(matches!(
+            c.cmd,
+            Cmd::Tap {
+                cmd: cli::tap::TapCmd::Attach {
+                    direction: Some(cli::tap::DirectionArg::Egress),
+                    ..
+                }
             }
-            println!("{}: {} policies valid", path.display(), policies.len());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{}: invalid\n{e}", path.display());
-            ExitCode::from(1)
-        }
+        ));
+        // Usage errors are clap's (exit 2).
+        let e = Cli::try_parse_from(["vtap", "policy", "apply"])
+            .err()
+            .unwrap();
+        assert_eq!(e.exit_code(), 2);
+        let e = Cli::try_parse_from(["vtap", "-o", "xml", "stats"])
+            .err()
+            .unwrap();
+        assert_eq!(e.exit_code(), 2);
     }
 }

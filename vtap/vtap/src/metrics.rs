@@ -1,160 +1,327 @@
-//! `/metrics`: a fresh registry per scrape, filled from one counter snapshot
-//! of the datapath and encoded by the `prometheus` crate. Names follow the
-//! contract in PRODUCT.md (base units, `_total` counters, bounded labels:
-//! tap names, policy names, output labels and fixed reason/direction sets).
+//! `/metrics`: one counter snapshot of the datapath per scrape, described
+//! once as a list of [`Family`] values, then encoded by a maintained client
+//! crate: Prometheus text format 0.0.4 by `prometheus`, OpenMetrics 1.0 (with
+//! `# EOF`) by `prometheus-client` when the scraper asks for it.
+//!
+//! Names follow the contract in PRODUCT.md: base units, `_total` on counters,
+//! bounded labels (tap names, policy names, output labels, and fixed sets of
+//! directions and drop reasons).
 
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use vtap_abi::drop_reason;
 use vtap_core::engine::Engine;
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
+/// Counter or gauge.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    Counter,
+    Gauge,
 }
 
-fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("unique metric");
-    g
+/// One metric family: `name` is the full sample name (`..._total` for
+/// counters).
+#[derive(Clone, Debug)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub labels: &'static [&'static str],
+    pub samples: Vec<(Vec<String>, u64)>,
 }
 
-/// Renders every metric in Prometheus text format 0.0.4.
-pub fn render(engine: &Engine) -> anyhow::Result<String> {
+impl Family {
+    fn new(
+        name: &'static str,
+        help: &'static str,
+        kind: Kind,
+        labels: &'static [&'static str],
+    ) -> Self {
+        Family {
+            name,
+            help,
+            kind,
+            labels,
+            samples: Vec::new(),
+        }
+    }
+    fn add(&mut self, labels: &[&str], v: u64) {
+        self.samples
+            .push((labels.iter().map(|s| s.to_string()).collect(), v));
+    }
+}
+
+/// Every family, from one snapshot.
+pub fn families(engine: &Engine) -> anyhow::Result<Vec<Family>> {
+    use Kind::*;
     let snap = engine.snapshot()?;
-    let r = Registry::new();
-    let tap_packets = counter(
-        &r,
+    let td = &["tap", "direction"];
+    let mut tap_packets = Family::new(
         "vtap_tap_packets_total",
         "Packets seen on a tapped interface.",
-        &["tap", "direction"],
+        Counter,
+        td,
     );
-    let tap_bytes = counter(
-        &r,
+    let mut tap_bytes = Family::new(
         "vtap_tap_bytes_total",
         "Bytes seen on a tapped interface.",
-        &["tap", "direction"],
+        Counter,
+        td,
     );
-    let tap_trunc = counter(
-        &r,
+    let mut tap_trunc = Family::new(
         "vtap_tap_truncated_packets_total",
         "Packets whose headers ended early (parsed as far as possible and passed unchanged).",
-        &["tap", "direction"],
+        Counter,
+        td,
     );
-    let tap_class = counter(
-        &r,
+    let mut tap_class = Family::new(
         "vtap_tap_classified_packets_total",
         "Packets that matched at least one policy.",
-        &["tap", "direction"],
+        Counter,
+        td,
     );
     for t in &snap.taps {
         let l = [t.tap.as_str(), t.dir.as_str()];
-        tap_packets.with_label_values(&l).inc_by(t.stats.packets);
-        tap_bytes.with_label_values(&l).inc_by(t.stats.bytes);
-        tap_trunc.with_label_values(&l).inc_by(t.stats.truncated);
-        tap_class.with_label_values(&l).inc_by(t.stats.classified);
+        tap_packets.add(&l, t.stats.packets);
+        tap_bytes.add(&l, t.stats.bytes);
+        tap_trunc.add(&l, t.stats.truncated);
+        tap_class.add(&l, t.stats.classified);
     }
 
-    let matched = counter(
-        &r,
+    let pd = &["policy", "direction"];
+    let mut matched = Family::new(
         "vtap_policy_matched_packets_total",
         "Packets matched by a policy.",
-        &["policy", "direction"],
+        Counter,
+        pd,
     );
-    let matched_b = counter(
-        &r,
+    let mut matched_b = Family::new(
         "vtap_policy_matched_bytes_total",
         "Bytes matched by a policy.",
-        &["policy", "direction"],
+        Counter,
+        pd,
     );
-    let mirrored = counter(
-        &r,
+    let mut mirrored = Family::new(
         "vtap_policy_mirrored_packets_total",
         "Copies delivered to an output for a policy (a copy shared by several policies counts for each).",
+        Counter,
         &["policy", "output"],
     );
-    let dropped = counter(
-        &r,
+    let mut dropped = Family::new(
         "vtap_policy_dropped_copies_total",
         "Copies selected by a policy that were not delivered, by reason.",
+        Counter,
         &["policy", "reason"],
-    );
-    let active = gauge(
-        &r,
-        "vtap_policy_enabled",
-        "1 when the policy is enabled, 0 when disabled.",
-        &["policy"],
     );
     for p in &snap.policies {
         for (i, d) in ["ingress", "egress"].iter().enumerate() {
-            matched
-                .with_label_values(&[p.policy.as_str(), d])
-                .inc_by(p.matched[i].packets);
-            matched_b
-                .with_label_values(&[p.policy.as_str(), d])
-                .inc_by(p.matched[i].bytes);
+            matched.add(&[p.policy.as_str(), d], p.matched[i].packets);
+            matched_b.add(&[p.policy.as_str(), d], p.matched[i].bytes);
         }
         for (out, s) in &p.outputs {
-            mirrored
-                .with_label_values(&[p.policy.as_str(), out.as_str()])
-                .inc_by(s.mirrored);
+            mirrored.add(&[p.policy.as_str(), out.as_str()], s.mirrored);
         }
         for (i, name) in drop_reason::NAMES.iter().enumerate() {
             if let Some(name) = name {
-                dropped
-                    .with_label_values(&[p.policy.as_str(), name])
-                    .inc_by(p.drops.reason[i]);
+                dropped.add(&[p.policy.as_str(), name], p.drops.reason[i]);
             }
         }
     }
+    let mut enabled = Family::new(
+        "vtap_policy_enabled",
+        "1 when the policy is enabled, 0 when disabled.",
+        Gauge,
+        &["policy"],
+    );
     for p in engine.policies() {
-        active
-            .with_label_values(&[p.name.as_str()])
-            .set(p.enabled as i64);
+        enabled.add(&[p.name.as_str()], p.enabled as u64);
     }
 
-    let out_sent = counter(
-        &r,
+    let mut out_sent = Family::new(
         "vtap_output_packets_total",
         "Copies sent to an output.",
+        Counter,
         &["output"],
     );
-    let out_failed = counter(
-        &r,
+    let mut out_failed = Family::new(
         "vtap_output_failed_packets_total",
         "Copies that could not be sent to an output.",
+        Counter,
         &["output"],
     );
     for o in &snap.outputs {
-        out_sent
-            .with_label_values(&[o.output.as_str()])
-            .inc_by(o.stats.sent);
-        out_failed
-            .with_label_values(&[o.output.as_str()])
-            .inc_by(o.stats.failed);
+        out_sent.add(&[o.output.as_str()], o.stats.sent);
+        out_failed.add(&[o.output.as_str()], o.stats.failed);
     }
 
-    let attached = gauge(
-        &r,
+    let mut attached = Family::new(
         "vtap_tap_attached",
         "1 when vtap is attached to the interface in that direction.",
-        &["tap", "direction"],
+        Gauge,
+        td,
     );
     for (name, st) in engine.taps() {
         for d in &st.wanted {
-            attached
-                .with_label_values(&[name.as_str(), d.as_str()])
-                .set(st.attached.contains(d) as i64);
+            attached.add(&[name.as_str(), d.as_str()], st.attached.contains(d) as u64);
         }
     }
-    let flips = prometheus::IntCounter::new(
+    let mut flips = Family::new(
         "vtap_policy_generation_flips_total",
         "Atomic switches to a new policy generation.",
-    )?;
-    r.register(Box::new(flips.clone()))?;
-    flips.inc_by(engine.generation_flips());
+        Counter,
+        &[],
+    );
+    flips.add(&[], engine.generation_flips());
 
+    Ok(vec![
+        tap_packets,
+        tap_bytes,
+        tap_trunc,
+        tap_class,
+        matched,
+        matched_b,
+        mirrored,
+        dropped,
+        enabled,
+        out_sent,
+        out_failed,
+        attached,
+        flips,
+    ])
+}
+
+/// Prometheus text format 0.0.4 (`prometheus` crate).
+pub fn encode_text(fams: &[Family]) -> anyhow::Result<String> {
+    use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+    let r = Registry::new();
+    for f in fams {
+        let opts = Opts::new(f.name, f.help);
+        match f.kind {
+            Kind::Counter => {
+                let c = IntCounterVec::new(opts, f.labels)?;
+                for (l, v) in &f.samples {
+                    let l: Vec<&str> = l.iter().map(|s| s.as_str()).collect();
+                    c.with_label_values(&l).inc_by(*v);
+                }
+                r.register(Box::new(c))?;
+            }
+            Kind::Gauge => {
+                let g = IntGaugeVec::new(opts, f.labels)?;
+                for (l, v) in &f.samples {
+                    let l: Vec<&str> = l.iter().map(|s| s.as_str()).collect();
+                    g.with_label_values(&l).set(*v as i64);
+                }
+                r.register(Box::new(g))?;
+            }
+        }
+    }
     let mut buf = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut buf)?;
     Ok(String::from_utf8(buf)?)
+}
+
+/// OpenMetrics 1.0 text, ending in `# EOF` (`prometheus-client` crate).
+pub fn encode_openmetrics(fams: &[Family]) -> anyhow::Result<String> {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family as PcFamily;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::registry::Registry;
+    type Labels = Vec<(String, String)>;
+    let mut r = Registry::default();
+    for f in fams {
+        let label_set = |l: &Vec<String>| -> Labels {
+            f.labels
+                .iter()
+                .zip(l)
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect()
+        };
+        match f.kind {
+            Kind::Counter => {
+                // prometheus-client appends `_total` itself.
+                let base = f.name.strip_suffix("_total").unwrap_or(f.name);
+                if f.labels.is_empty() {
+                    let c = Counter::<u64>::default();
+                    c.inc_by(f.samples.iter().map(|(_, v)| *v).sum());
+                    r.register(base, f.help, c);
+                    continue;
+                }
+                let fam = PcFamily::<Labels, Counter>::default();
+                for (l, v) in &f.samples {
+                    fam.get_or_create(&label_set(l)).inc_by(*v);
+                }
+                r.register(base, f.help, fam);
+            }
+            Kind::Gauge => {
+                let fam = PcFamily::<Labels, Gauge>::default();
+                for (l, v) in &f.samples {
+                    fam.get_or_create(&label_set(l)).set(*v as i64);
+                }
+                r.register(f.name, f.help, fam);
+            }
+        }
+    }
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &r)?;
+    Ok(out)
+}
+
+/// The content type of OpenMetrics text.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Whether an `Accept` header asks for OpenMetrics.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',')
+            .any(|m| m.trim().starts_with("application/openmetrics-text"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Family> {
+        let mut c = Family::new(
+            "vtap_tap_packets_total",
+            "Packets.",
+            Kind::Counter,
+            &["tap", "direction"],
+        );
+        c.add(&["vm1-tap", "ingress"], 7);
+        let mut g = Family::new("vtap_policy_enabled", "Enabled.", Kind::Gauge, &["policy"]);
+        g.add(&["web"], 1);
+        let mut f = Family::new(
+            "vtap_policy_generation_flips_total",
+            "Flips.",
+            Kind::Counter,
+            &[],
+        );
+        f.add(&[], 3);
+        vec![c, g, f]
+    }
+
+    #[test]
+    fn both_encodings_carry_the_same_samples() {
+        let t = encode_text(&sample()).unwrap();
+        assert!(t.contains("# TYPE vtap_tap_packets_total counter"));
+        assert!(t.contains("vtap_tap_packets_total{direction=\"ingress\",tap=\"vm1-tap\"} 7"));
+        assert!(t.contains("vtap_policy_generation_flips_total 3"));
+        let o = encode_openmetrics(&sample()).unwrap();
+        assert!(o.contains("# TYPE vtap_tap_packets counter"), "{o}");
+        assert!(
+            o.contains("vtap_tap_packets_total{tap=\"vm1-tap\",direction=\"ingress\"} 7"),
+            "{o}"
+        );
+        assert!(o.contains("vtap_policy_enabled{policy=\"web\"} 1"), "{o}");
+        assert!(o.contains("vtap_policy_generation_flips_total 3"), "{o}");
+        assert!(o.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text; version=1.0.0,text/plain;q=0.5"
+        )));
+        assert!(!wants_openmetrics(Some("text/plain")));
+        assert!(!wants_openmetrics(None));
+    }
 }
