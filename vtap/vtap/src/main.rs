@@ -13,7 +13,8 @@ mod wire;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -49,7 +50,11 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(e) = client_flag_on_daemon(&matches) {
+        e.exit();
+    }
     let ctx = cli::Ctx::new(cli.global);
     match cli.cmd {
         Cmd::Daemon(args) => daemon::run(args),
@@ -59,14 +64,52 @@ fn main() -> ExitCode {
     }
 }
 
+/// `vtap daemon --token X` would silently do nothing: the client-only
+/// global flags are a usage error there (exit 2).
+fn client_flag_on_daemon(m: &ArgMatches) -> Option<clap::Error> {
+    let Some(("daemon", dm)) = m.subcommand() else {
+        return None;
+    };
+    let given = cli::CLIENT_ONLY
+        .into_iter()
+        .find(|id| dm.value_source(id) == Some(ValueSource::CommandLine))?;
+    Some(Cli::command().error(
+        clap::error::ErrorKind::ArgumentConflict,
+        format!(
+            "--{given} is an option of the client commands; `vtap daemon` does not take it \
+             (it listens on --listen and reads its token from --token-file)"
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn client_flags_are_refused_by_the_daemon() {
+        for args in [
+            &["vtap", "daemon", "--token", "x"][..],
+            &["vtap", "--api", "http://h:1", "daemon"][..],
+            &["vtap", "daemon", "-o", "json", "--listen", "127.0.0.1:1"][..],
+        ] {
+            let m = Cli::command().try_get_matches_from(args).unwrap();
+            let e = client_flag_on_daemon(&m).expect("refused");
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+        let m = Cli::command()
+            .try_get_matches_from(["vtap", "daemon", "--listen", "127.0.0.1:1"])
+            .unwrap();
+        assert!(client_flag_on_daemon(&m).is_none());
+        let m = Cli::command()
+            .try_get_matches_from(["vtap", "--token", "x", "stats"])
+            .unwrap();
+        assert!(client_flag_on_daemon(&m).is_none());
     }
 
     #[test]

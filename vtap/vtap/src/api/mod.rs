@@ -261,3 +261,6 @@ pub fn policy_counters(p: &vtap_core::engine::PolicyCounters) -> wire::PolicyCou
     }
     c
 }
+
+#[cfg(test)]
+mod tests;

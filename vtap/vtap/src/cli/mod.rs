@@ -25,19 +25,22 @@ use output::Format;
 pub const DEFAULT_API: &str = "http://127.0.0.1:7470";
 
 /// Options shared by every client subcommand (accepted anywhere on the
-/// command line).
+/// command line). `vtap daemon` refuses them (see [`CLIENT_ONLY`]).
 #[derive(clap::Args, Debug, Clone)]
 pub struct GlobalArgs {
     /// Output format of client commands.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
-    /// Base URL of the vtap REST API.
+    /// Base URL of the daemon's REST API, for client commands.
     #[arg(long, global = true, env = "VTAP_API", default_value = DEFAULT_API)]
     pub api: String,
-    /// Bearer token sent as `Authorization: Bearer TOKEN`.
+    /// Bearer token for client commands (sent as `Authorization: Bearer TOKEN`).
     #[arg(long, global = true, env = "VTAP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
+
+/// Ids of the [`GlobalArgs`] that only client commands take.
+pub const CLIENT_ONLY: [&str; 3] = ["output", "api", "token"];
 
 /// Why a client command failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

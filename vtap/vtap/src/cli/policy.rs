@@ -52,6 +52,10 @@ pub enum PolicyCmd {
     Delete {
         /// Policy name.
         name: String,
+        /// Delete only if the running policy still has this ETag; otherwise
+        /// the daemon answers 409.
+        #[arg(long, value_name = "ETAG")]
+        if_match: Option<String>,
         /// Show what would change without changing anything.
         #[arg(long)]
         dry_run: bool,
@@ -76,7 +80,11 @@ pub fn run(ctx: &Ctx, cmd: PolicyCmd) -> Result<(), CliError> {
         } => put(ctx, &path, if_match.as_deref(), dry_run),
         PolicyCmd::List => list(ctx),
         PolicyCmd::Get { name } => get(ctx, &name),
-        PolicyCmd::Delete { name, dry_run } => delete(ctx, &name, dry_run),
+        PolicyCmd::Delete {
+            name,
+            if_match,
+            dry_run,
+        } => delete(ctx, &name, if_match.as_deref(), dry_run),
     }
 }
 
@@ -243,13 +251,13 @@ fn get(ctx: &Ctx, name: &str) -> Result<(), CliError> {
     }
 }
 
-fn delete(ctx: &Ctx, name: &str, dry_run: bool) -> Result<(), CliError> {
+fn delete(ctx: &Ctx, name: &str, if_match: Option<&str>, dry_run: bool) -> Result<(), CliError> {
     let r = ctx.client()?.send::<()>(
         "DELETE",
         &format!("/api/v1/policies/{}", encode_segment(name)),
         &dry_run_query(dry_run),
         None,
-        None,
+        if_match,
     )?;
     print_change(ctx.format(), &r)
 }
@@ -398,8 +406,17 @@ pub fn policy_detail(p: &PolicyStatus) -> String {
         out.push_str(&t.render());
     }
     out.push_str("\nPolicy:\n");
-    out.push_str(&output::indent(&output::render_value(pol, Format::Yaml), 2));
+    out.push_str(&output::indent(&policy_yaml(pol), 2));
     out
+}
+
+/// The policy as YAML in the field order of a policy file (as sent when it
+/// is not a policy this build knows).
+fn policy_yaml(pol: &serde_json::Value) -> String {
+    serde_json::from_value::<vtap_core::policy::model::Policy>(pol.clone())
+        .ok()
+        .and_then(|p| serde_yaml::to_string(&p).ok())
+        .unwrap_or_else(|| output::render_value(pol, Format::Yaml))
 }
 
 #[cfg(test)]
@@ -472,10 +489,24 @@ mod tests {
     fn detail_block() {
         let s = policy_detail(&status("web", true, None));
         assert!(s.starts_with("Name:         web\nEnabled:      yes\nActive:       yes\nPriority:     100\nDirection:    both\nAttached to:  vm1-tap,vm2-tap\nETag:         etag-web\nFile:         /etc/vtap/policies/web.yaml\n"), "{s}");
-        assert!(s.contains("matched    egress          5     490\n"), "{s}");
-        assert!(s.contains("mirrored   mon0.100       15\n"), "{s}");
-        assert!(s.contains("dropped    output_down     2\n"), "{s}");
-        assert!(s.contains("\nPolicy:\n  version: 1\n  name: web\n"), "{s}");
+        assert!(
+            s.contains(
+                "COUNTER    KEY           PACKETS   BYTES\n\
+                 matched    egress              5     490\n\
+                 matched    ingress            10     980\n\
+                 mirrored   mon0.100           15\n\
+                 dropped    output_down         2\n"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("\nPolicy:\n  version: 1\n  name: web\n  priority: 100\n"),
+            "{s}"
+        );
+        // Not a policy this build knows: shown as sent.
+        let mut odd = status("odd", true, None);
+        odd.policy["future_field"] = serde_json::json!(1);
+        assert!(policy_detail(&odd).contains("  future_field: 1\n"));
         let idle = policy_detail(&status("idle", false, Some("no matching interface")));
         assert!(
             idle.contains("Active:       no (no matching interface)\n"),

@@ -200,10 +200,10 @@ mod tests {
         ];
         assert_eq!(
             tap_table(&taps),
-            "NAME      STATE           DIRECTIONS                          INGRESS PKTS   EGRESS PKTS   POLICIES\n\
-             vm1-tap   attached        ingress,egress                               120             7   icmp,web\n\
-             vnet7     missing         - (wanted ingress,egress)                      -             -   (explicit)\n\
-             eth9      error (EPERM)   - (wanted ingress,egress)                      -             -   dns (+explicit)\n"
+            "NAME      STATE           DIRECTIONS                  INGRESS PKTS   EGRESS PKTS   POLICIES\n\
+             vm1-tap   attached        ingress,egress                       120             7   icmp,web\n\
+             vnet7     missing         - (wanted ingress,egress)              -             -   (explicit)\n\
+             eth9      error (EPERM)   - (wanted ingress,egress)              -             -   dns (+explicit)\n"
         );
         assert_eq!(tap_table(&[]), "no taps\n");
     }
