@@ -402,7 +402,7 @@ impl Engine {
                 }
             }
         }
-        for name in self.missing.difference(&missing) {
+        for name in self.missing.difference(&missing).filter(|n| links.contains_key(*n)) {
             tracing::info!(iface = %name, "interface appeared");
         }
         self.missing = missing;

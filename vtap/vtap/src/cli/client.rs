@@ -118,10 +118,10 @@ pub fn snippet(s: &str) -> String {
 /// own when it sent one, otherwise a readable stand-in with the status and
 /// the start of the body.
 pub fn decode_error(status: u16, reason: &str, body: &[u8]) -> ErrorBody {
-    if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
-        if !e.error.trim().is_empty() || !e.details.is_empty() {
-            return e;
-        }
+    if let Ok(e) = serde_json::from_slice::<ErrorBody>(body)
+        && (!e.error.trim().is_empty() || !e.details.is_empty())
+    {
+        return e;
     }
     let text = String::from_utf8_lossy(body);
     let reason = if reason.trim().is_empty() {

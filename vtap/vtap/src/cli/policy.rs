@@ -396,7 +396,8 @@ pub fn policy_detail(p: &PolicyStatus) -> String {
     for (o, n) in &p.counters.mirrored {
         t.row(vec!["mirrored".into(), o.clone(), n.to_string(), "".into()]);
     }
-    for (r, n) in &p.counters.dropped {
+    // Drop reasons that never happened are noise here (the JSON has them).
+    for (r, n) in p.counters.dropped.iter().filter(|(_, n)| **n > 0) {
         t.row(vec!["dropped".into(), r.clone(), n.to_string(), "".into()]);
     }
     out.push('\n');
@@ -443,6 +444,7 @@ mod tests {
             );
             counters.mirrored.insert("mon0.100".into(), 15);
             counters.dropped.insert("output_down".into(), 2);
+            counters.dropped.insert("clone_failed".into(), 0);
         }
         PolicyStatus {
             policy: serde_json::json!({
@@ -503,6 +505,7 @@ mod tests {
             s.contains("\nPolicy:\n  version: 1\n  name: web\n  priority: 100\n"),
             "{s}"
         );
+        assert!(!s.contains("clone_failed"), "{s}");
         // Not a policy this build knows: shown as sent.
         let mut odd = status("odd", true, None);
         odd.policy["future_field"] = serde_json::json!(1);

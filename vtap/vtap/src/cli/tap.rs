@@ -112,7 +112,12 @@ pub fn tap_table(taps: &[TapInfo]) -> String {
             Some(e) if !e.is_empty() => format!("{} ({e})", tap.state),
             _ => tap.state.clone(),
         };
-        let dirs = if tap.attached == tap.directions {
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
+        let dirs = if sorted(&tap.attached) == sorted(&tap.directions) {
             list_or_dash(&tap.attached)
         } else {
             format!(
