@@ -27,6 +27,8 @@ PKGS=(
     iperf3            # benchmarks
     curl              # demo: talk to the daemon's REST API
     prometheus        # promtool check metrics
+    wrk               # bench-api: REST throughput
+    python3-venv      # scripts/fuzz-api.sh: schemathesis venv
     netsniff-ng       # trafgen (benchmarks)
     python3           # helper scripts
     pkg-config

@@ -10,6 +10,8 @@
 #   testbed  the network-namespace testbed's self-tests (root)
 #   e2e      real daemon, real taps, real traffic (root)
 #   policies vtap policy check -f mirror-policies/
+#   api      REST control plane end to end: real daemon, traffic, promtool (root)
+#   fuzz     scripts/fuzz-api.sh: schemathesis against the real daemon (root; one check)
 #
 # Environment: TIERS="unit e2e" to run a subset; E2E_THREADS (default 3);
 # CI=true makes privileged tests fail instead of skipping without root.
@@ -19,7 +21,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 LOGDIR=${TEST_LOGDIR:-$ROOT/target/test-logs}
 mkdir -p "$LOGDIR"
-TIERS=${TIERS:-"build unit bpf testbed e2e policies"}
+TIERS=${TIERS:-"build unit bpf testbed e2e policies api fuzz"}
 E2E_THREADS=${E2E_THREADS:-3}
 export CARGO_TERM_COLOR=never
 
@@ -131,6 +133,18 @@ if want policies; then
     printf 'version: 1\nname: bad\ntaps: [vm1-tap]\ndirection: both\noutputs:\n  - interface: mon0\n    vlan: 5000\n' >"$BAD/bad.yaml"
     check policy-check-rejects-bad bash -c '"$1" policy check -f "$2" >"$2/out" 2>&1; rc=$?; cat "$2/out"; [ "$rc" -eq 1 ] && grep -q "vlan" "$2/out"' _ "$VTAP" "$BAD"
     rm -rf "$BAD"
+fi
+
+if want api; then
+    run_cargo_tests api-e2e 600 test -p vtap-testbed --test api_e2e -- --test-threads 2
+fi
+
+if want fuzz; then
+    if [ "$(id -u)" -eq 0 ] || [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; then
+        check fuzz-api scripts/fuzz-api.sh
+    else
+        echo "fuzz: skipping: needs root"
+    fi
 fi
 
 note "summary"

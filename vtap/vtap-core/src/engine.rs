@@ -259,7 +259,10 @@ impl Engine {
         let mut taps: BTreeMap<String, TapState> = BTreeMap::new();
         for (name, dirs) in &self.explicit {
             if links.contains_key(name) {
-                wanted.entry(name.clone()).or_default().extend(dirs.iter().copied());
+                wanted
+                    .entry(name.clone())
+                    .or_default()
+                    .extend(dirs.iter().copied());
             } else {
                 taps.insert(
                     name.clone(),
@@ -402,7 +405,11 @@ impl Engine {
                 }
             }
         }
-        for name in self.missing.difference(&missing).filter(|n| links.contains_key(*n)) {
+        for name in self
+            .missing
+            .difference(&missing)
+            .filter(|n| links.contains_key(*n))
+        {
             tracing::info!(iface = %name, "interface appeared");
         }
         self.missing = missing;

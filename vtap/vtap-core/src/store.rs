@@ -43,7 +43,11 @@ pub enum StoreError {
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { what, path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The policy directory and which file holds each policy.
@@ -65,7 +69,13 @@ impl PolicyStore {
             files.insert(l.policy.name.clone(), PathBuf::from(&l.origin));
             policies.push(l.policy);
         }
-        Ok((PolicyStore { dir: dir.to_path_buf(), files }, policies))
+        Ok((
+            PolicyStore {
+                dir: dir.to_path_buf(),
+                files,
+            },
+            policies,
+        ))
     }
 
     /// The directory.
@@ -115,7 +125,11 @@ impl PolicyStore {
             }
         }
         // Fill every touched file with the policies that live there next.
-        let mut prepared = Prepared { writes: Vec::new(), removes: Vec::new(), files: next_files.clone() };
+        let mut prepared = Prepared {
+            writes: Vec::new(),
+            removes: Vec::new(),
+            files: next_files.clone(),
+        };
         for (file, slot) in contents.iter_mut() {
             let mut list: Vec<&Policy> = next_files
                 .iter()
@@ -150,7 +164,10 @@ impl PolicyStore {
 }
 
 fn tmp_name(file: &Path) -> PathBuf {
-    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("policy");
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("policy");
     // Starts with a dot: the loader ignores hidden files.
     file.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
@@ -172,7 +189,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
 
 fn sync_dir(path: &Path) -> Result<(), StoreError> {
     if let Some(dir) = path.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing directory", dir))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing directory", dir))?;
     }
     Ok(())
 }
@@ -244,13 +263,19 @@ mod tests {
             serde_yaml::to_string(&pol("b", 2)).unwrap()
         );
         std::fs::write(dir.join("ab.yaml"), shared).unwrap();
-        std::fs::write(dir.join("c.yaml"), serde_yaml::to_string(&pol("c", 3)).unwrap()).unwrap();
+        std::fs::write(
+            dir.join("c.yaml"),
+            serde_yaml::to_string(&pol("c", 3)).unwrap(),
+        )
+        .unwrap();
         let (mut store, policies) = PolicyStore::open(&dir).unwrap();
         assert_eq!(policies.len(), 3);
 
         // Replace a (shared file → a.yaml), delete c, create d.
         let next = vec![pol("a", 10), pol("b", 2), pol("d", 4)];
-        let p = store.prepare(&next, &set(&["a", "d"]), &set(&["c"])).unwrap();
+        let p = store
+            .prepare(&next, &set(&["a", "d"]), &set(&["c"]))
+            .unwrap();
         // Nothing visible before commit.
         assert!(!dir.join("a.yaml").exists());
         assert!(dir.join("c.yaml").exists());
@@ -265,18 +290,32 @@ mod tests {
         // No temporary file left behind.
         let hidden = std::fs::read_dir(&dir)
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
             .count();
         assert_eq!(hidden, 0);
 
         // A prepared change that is dropped leaves nothing.
         let (store, _) = PolicyStore::open(&dir).unwrap();
-        let p = store.prepare(&[pol("z", 9)], &set(&["z"]), &set(&[])).unwrap();
+        let p = store
+            .prepare(&[pol("z", 9)], &set(&["z"]), &set(&[]))
+            .unwrap();
         drop(p);
         assert!(!dir.join("z.yaml").exists());
         let hidden = std::fs::read_dir(&dir)
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
             .count();
         assert_eq!(hidden, 0);
         std::fs::remove_dir_all(&dir).unwrap();

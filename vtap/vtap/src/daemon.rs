@@ -182,7 +182,15 @@ pub fn run(args: DaemonArgs) -> ExitCode {
 }
 
 fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VTAP_LOG")
+    // netlink-packet-route warns about every attribute newer than itself on
+    // each link dump; keep that quiet unless asked for explicitly.
+    let spec = std::env::var("VTAP_LOG").unwrap_or_else(|_| "info".into());
+    let spec = if spec.contains("netlink_packet_route") {
+        spec
+    } else {
+        format!("{spec},netlink_packet_route=error")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()

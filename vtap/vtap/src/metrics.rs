@@ -227,6 +227,8 @@ pub fn encode_openmetrics(fams: &[Family]) -> anyhow::Result<String> {
     type Labels = Vec<(String, String)>;
     let mut r = Registry::default();
     for f in fams {
+        // prometheus-client ends help texts with a period itself.
+        let help = f.help.strip_suffix('.').unwrap_or(f.help);
         let label_set = |l: &Vec<String>| -> Labels {
             f.labels
                 .iter()
@@ -241,21 +243,21 @@ pub fn encode_openmetrics(fams: &[Family]) -> anyhow::Result<String> {
                 if f.labels.is_empty() {
                     let c = Counter::<u64>::default();
                     c.inc_by(f.samples.iter().map(|(_, v)| *v).sum());
-                    r.register(base, f.help, c);
+                    r.register(base, help, c);
                     continue;
                 }
                 let fam = PcFamily::<Labels, Counter>::default();
                 for (l, v) in &f.samples {
                     fam.get_or_create(&label_set(l)).inc_by(*v);
                 }
-                r.register(base, f.help, fam);
+                r.register(base, help, fam);
             }
             Kind::Gauge => {
                 let fam = PcFamily::<Labels, Gauge>::default();
                 for (l, v) in &f.samples {
                     fam.get_or_create(&label_set(l)).set(*v as i64);
                 }
-                r.register(f.name, f.help, fam);
+                r.register(f.name, help, fam);
             }
         }
     }
@@ -314,6 +316,7 @@ mod tests {
         assert!(o.contains("vtap_policy_enabled{policy=\"web\"} 1"), "{o}");
         assert!(o.contains("vtap_policy_generation_flips_total 3"), "{o}");
         assert!(o.trim_end().ends_with("# EOF"));
+        assert!(!o.contains(".."), "{o}");
     }
 
     #[test]

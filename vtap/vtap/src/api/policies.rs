@@ -29,6 +29,7 @@ use crate::wire::{
 
 /// `?dry_run=true`.
 #[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DryRun {
     /// Validate and report what would change, without applying.
@@ -138,7 +139,8 @@ pub async fn list(State(s): State<AppState>) -> Result<Json<PolicyList>, ApiErro
 
 #[utoipa::path(get, path = "/api/v1/policies/{name}", tag = "policies",
     params(("name" = String, Path, description = "Policy name")),
-    responses((status = 200, body = PolicyStatus, headers(("ETag" = String))), (status = 404, body = wire::ErrorBody)))]
+    responses((status = 200, body = PolicyStatus, headers(("ETag" = String))), (status = 401, body = wire::ErrorBody),
+              (status = 404, body = wire::ErrorBody), (status = 503, body = wire::ErrorBody)))]
 /// One policy.
 pub async fn get_one(
     State(s): State<AppState>,
@@ -183,7 +185,8 @@ fn if_match(h: &HeaderMap) -> Result<Option<String>, ApiError> {
     params(("name" = String, Path, description = "Policy name (must equal the body's)"), DryRun,
            ("If-Match" = Option<String>, Header, description = "Apply only if the policy's ETag is still this")),
     request_body(content = Object, description = "A policy (the same object as a policy file)"),
-    responses((status = 201, body = ChangeResult, description = "created"), (status = 200, body = ChangeResult, description = "replaced or unchanged"),
+    responses((status = 201, body = ChangeResult, description = "created"), (status = 200, body = ChangeResult, description = "replaced, unchanged, or a dry run"),
+              (status = 401, body = wire::ErrorBody),
               (status = 400, body = wire::ErrorBody), (status = 409, body = wire::ErrorBody), (status = 413, body = wire::ErrorBody),
               (status = 422, body = wire::ErrorBody), (status = 503, body = wire::ErrorBody)))]
 /// Creates or replaces one policy.
@@ -218,7 +221,7 @@ pub async fn put_one(
 
 #[utoipa::path(put, path = "/api/v1/policies", tag = "policies", params(DryRun),
     request_body = PolicyBatch,
-    responses((status = 200, body = ChangeResult), (status = 400, body = wire::ErrorBody), (status = 413, body = wire::ErrorBody),
+    responses((status = 200, body = ChangeResult), (status = 400, body = wire::ErrorBody), (status = 401, body = wire::ErrorBody), (status = 413, body = wire::ErrorBody),
               (status = 422, body = wire::ErrorBody), (status = 503, body = wire::ErrorBody)))]
 /// Creates or replaces several policies, all or nothing (others stay).
 pub async fn put_batch(
@@ -258,7 +261,7 @@ pub async fn put_batch(
 #[utoipa::path(delete, path = "/api/v1/policies/{name}", tag = "policies",
     params(("name" = String, Path, description = "Policy name"), DryRun,
            ("If-Match" = Option<String>, Header, description = "Delete only if the policy's ETag is still this")),
-    responses((status = 200, body = ChangeResult), (status = 404, body = wire::ErrorBody), (status = 409, body = wire::ErrorBody),
+    responses((status = 200, body = ChangeResult), (status = 400, body = wire::ErrorBody), (status = 401, body = wire::ErrorBody), (status = 404, body = wire::ErrorBody), (status = 409, body = wire::ErrorBody),
               (status = 503, body = wire::ErrorBody)))]
 /// Deletes one policy.
 pub async fn delete_one(

@@ -142,7 +142,8 @@ pub async fn list(State(s): State<AppState>) -> Result<Json<TapList>, ApiError> 
 
 #[utoipa::path(get, path = "/api/v1/taps/{iface}", tag = "taps",
     params(("iface" = String, Path, description = "Interface name")),
-    responses((status = 200, body = TapInfo), (status = 404, body = wire::ErrorBody)))]
+    responses((status = 200, body = TapInfo), (status = 401, body = wire::ErrorBody), (status = 404, body = wire::ErrorBody),
+              (status = 503, body = wire::ErrorBody)))]
 /// One tap.
 pub async fn get_one(
     State(s): State<AppState>,
@@ -167,7 +168,8 @@ pub async fn get_one(
     params(("iface" = String, Path, description = "Interface name")),
     request_body(content = Option<TapRequest>, description = "Directions (default both)"),
     responses((status = 201, body = TapInfo, description = "attached"), (status = 200, body = TapInfo, description = "already attached"),
-              (status = 400, body = wire::ErrorBody), (status = 422, body = wire::ErrorBody), (status = 503, body = wire::ErrorBody)))]
+              (status = 400, body = wire::ErrorBody), (status = 401, body = wire::ErrorBody), (status = 413, body = wire::ErrorBody),
+              (status = 422, body = wire::ErrorBody), (status = 503, body = wire::ErrorBody)))]
 /// Attaches to an interface explicitly (counting; policies that select it
 /// mirror from it). An interface that does not exist yet is attached when
 /// it appears.
@@ -226,7 +228,8 @@ pub async fn put_one(
 #[utoipa::path(delete, path = "/api/v1/taps/{iface}", tag = "taps",
     params(("iface" = String, Path, description = "Interface name")),
     responses((status = 200, body = TapInfo, description = "detached (still attached if policies select it)"),
-              (status = 404, body = wire::ErrorBody), (status = 409, body = wire::ErrorBody), (status = 503, body = wire::ErrorBody)))]
+              (status = 401, body = wire::ErrorBody), (status = 404, body = wire::ErrorBody), (status = 409, body = wire::ErrorBody),
+              (status = 503, body = wire::ErrorBody)))]
 /// Removes an explicit attachment. Interfaces attached because policies
 /// select them stay attached: change the policies instead (409).
 pub async fn delete_one(
