@@ -17,6 +17,7 @@
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
+#include <linux/errno.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -421,7 +422,14 @@ static __always_inline void send_copies(struct __sk_buff *skb, struct fire_ctx *
 			long r = bpf_clone_redirect(skb, ifindex, 0);
 			if (vlan)
 				bpf_skb_vlan_pop(skb);
-			if (r != 0)
+			/* < 0: the copy was not made or not handed to the device
+			 * (-ENETDOWN: the device is down); > 0: the device's queue
+			 * dropped it (NET_XMIT_DROP/CN). */
+			if (r == -ENETDOWN)
+				reason = VTAP_DROP_OUTPUT_DOWN;
+			else if (r > 0)
+				reason = VTAP_DROP_XMIT_DROPPED;
+			else if (r < 0)
 				reason = VTAP_DROP_CLONE_FAILED;
 		}
 

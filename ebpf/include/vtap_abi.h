@@ -64,12 +64,13 @@ enum vtap_field {
 
 /* Why a copy selected by a policy was not delivered. */
 enum vtap_drop_reason {
-	VTAP_DROP_CLONE_FAILED = 0, /* bpf_clone_redirect returned an error */
-	VTAP_DROP_OUTPUT_DOWN = 1, /* the output interface does not exist now */
+	VTAP_DROP_CLONE_FAILED = 0, /* the copy could not be made (no memory, recursion) */
+	VTAP_DROP_OUTPUT_DOWN = 1, /* the output interface does not exist now, or is down */
 	VTAP_DROP_VLAN_FAILED = 2, /* the 802.1Q tag could not be pushed */
 	VTAP_DROP_SAMPLED = 3, /* reserved: 1-in-N sampling */
 	VTAP_DROP_RATE_LIMITED = 4, /* reserved: pps/bps limit */
 	VTAP_DROP_RING_FULL = 5, /* reserved: pcap ring buffer full */
+	VTAP_DROP_XMIT_DROPPED = 6, /* cloned, but the output's queue dropped it */
 	VTAP_DROP_REASONS = 8,
 };
 

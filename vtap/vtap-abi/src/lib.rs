@@ -92,6 +92,7 @@ pub mod drop_reason {
     pub const SAMPLED: usize = 3;
     pub const RATE_LIMITED: usize = 4;
     pub const RING_FULL: usize = 5;
+    pub const XMIT_DROPPED: usize = 6;
     pub const COUNT: usize = 8;
     /// Label values, indexed by reason (`None` = unused slot).
     pub const NAMES: [Option<&str>; COUNT] = [
@@ -101,7 +102,7 @@ pub mod drop_reason {
         Some("sampled"),
         Some("rate_limited"),
         Some("ring_full"),
-        None,
+        Some("xmit_dropped"),
         None,
     ];
 }

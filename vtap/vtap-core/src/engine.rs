@@ -644,7 +644,11 @@ pub fn resolve_with(
     }
     for (&id, key) in &c.outputs {
         img.outputs[id as usize] = Output {
-            ifindex: links.get(&key.interface).map_or(0, |l| l.ifindex),
+            // A missing or down output: 0, counted as output_down.
+            ifindex: links
+                .get(&key.interface)
+                .filter(|l| l.up)
+                .map_or(0, |l| l.ifindex),
             vlan: key.vlan,
             kind: output_kind::IFACE,
             _pad: 0,
@@ -652,4 +656,53 @@ pub fn resolve_with(
     }
     let _ = (Bitmap::EMPTY, NO_OUTPUT);
     img
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::Link;
+    use crate::policy::load::parse_str;
+
+    #[test]
+    fn outputs_resolve_to_zero_when_missing_or_down() {
+        let ps = parse_str(
+            "version: 1\nname: a\ntaps: [t0]\noutputs: [{interface: up0}, {interface: down0, vlan: 5}, {interface: gone0}]\n",
+            "t",
+        )
+        .unwrap();
+        let (a, _, _) = allocate(&Assignment::default(), &ps).unwrap();
+        let c = compile(&ps, &a).unwrap();
+        let mut links = Links::new();
+        links.insert(
+            "up0".into(),
+            Link {
+                ifindex: 7,
+                up: true,
+                mtu: 1500,
+            },
+        );
+        links.insert(
+            "down0".into(),
+            Link {
+                ifindex: 8,
+                up: false,
+                mtu: 1500,
+            },
+        );
+        let img = resolve(&c, &BTreeMap::new(), &links);
+        let by_name = |n: &str| {
+            img.outputs[a
+                .output_ids
+                .iter()
+                .find(|(k, _)| k.interface == n)
+                .unwrap()
+                .1
+                .to_owned() as usize]
+        };
+        assert_eq!(by_name("up0").ifindex, 7);
+        assert_eq!(by_name("down0").ifindex, 0);
+        assert_eq!(by_name("down0").vlan, 5);
+        assert_eq!(by_name("gone0").ifindex, 0);
+    }
 }

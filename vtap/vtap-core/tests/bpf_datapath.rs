@@ -557,6 +557,42 @@ fn missing_output_is_counted_as_output_down() {
 }
 
 #[test]
+fn copies_dropped_by_the_output_device_are_counted_as_xmit_dropped() {
+    // A down veth drops what is queued to it (noop qdisc): the copy was made
+    // but not delivered. (The engine resolves a down output to ifindex 0,
+    // counted as output_down, before the datapath even tries: see the
+    // engine's resolve tests.)
+    if !require_root() {
+        return;
+    }
+    private_netns();
+    for args in [
+        &["link", "add", "dn0", "type", "veth", "peer", "name", "dn1"][..],
+        &["link", "set", "dn1", "up"],
+    ] {
+        assert!(
+            std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    // SAFETY: a valid NUL-terminated name.
+    let dn0 = unsafe { libc::if_nametoindex(c"dn0".as_ptr()) };
+    assert_ne!(dn0, 0);
+    let mut h = Harness::new(true).with_output_ifindex(dn0);
+    h.apply(vec![policy(&p("a", ""))]);
+    let f = pad(ipv4(&[], A, B, &L4::Icmp, &V4::default()));
+    for _ in 0..4 {
+        h.run(Dir::Ingress, &f);
+    }
+    let d = h.drops("a");
+    assert_eq!(d.reason[drop_reason::XMIT_DROPPED], 4, "{d:?}");
+    assert_eq!(d.reason.iter().sum::<u64>(), 4);
+}
+
+#[test]
 fn disabled_policy_never_fires() {
     let (on, off) = (p("on", ""), p("off", "enabled: false"));
     let Some(h) = harness(false, &[&on, &off]) else {

@@ -80,6 +80,12 @@ impl Harness {
         }
     }
 
+    /// Outputs resolve to this interface index.
+    pub fn with_output_ifindex(mut self, ifindex: u32) -> Harness {
+        self.ifindex_of_outputs = ifindex;
+        self
+    }
+
     /// Applies policies (already valid) like the engine does, with `TAP`
     /// attached in both directions as ifindex 1.
     pub fn apply(&mut self, policies: Vec<Policy>) {
