@@ -14,3 +14,4 @@ pub mod engine;
 pub mod netlink;
 pub mod policy;
 pub mod store;
+pub mod probes;
