@@ -8,7 +8,9 @@
  *   2. parses it once (parse.h) — never rejecting an odd or short frame;
  *   3. classifies it against every policy of the active generation by
  *      ANDing one bitmap per match field (see vtap_abi.h, ARCHITECTURE.md);
- *   4. for every firing policy counts the match and collects its outputs;
+ *   4. for every firing policy counts the match, applies its 1-in-N
+ *      sampling and rate limit (counting what they suppress), and collects
+ *      the outputs of the policies that still want a copy;
  *   5. sends one copy per distinct output (push 802.1Q tag,
  *      bpf_clone_redirect, pop tag) and accounts every copy per policy,
  *      with a reason for each one that was not delivered.
@@ -106,6 +108,10 @@ PERCPU_ARRAY_MAP(vtap_policy_stats, VTAP_MAX_POLICIES * VTAP_DIR_COUNT, struct v
 PERCPU_ARRAY_MAP(vtap_output_stats, VTAP_MAX_POLICIES * VTAP_MAX_OUTPUTS, struct vtap_output_stats);
 PERCPU_ARRAY_MAP(vtap_policy_drops, VTAP_MAX_POLICIES, struct vtap_policy_drops);
 PERCPU_ARRAY_MAP(vtap_copy_stats, VTAP_MAX_OUTPUTS, struct vtap_copy_stats);
+
+/* Token buckets of the rate-limited policies, one per policy slot, shared by
+ * every CPU (a struct bpf_spin_lock in the value). */
+ARRAY_MAP(vtap_rate, VTAP_MAX_POLICIES, struct vtap_rate_state);
 
 /* ------------------------------------------------------ bitmap helpers */
 
@@ -327,6 +333,8 @@ static __always_inline void and_base(struct vtap_bitmap *m, const struct vtap_ge
 
 struct fire_ctx {
 	struct vtap_bitmap left; /* policies still to visit */
+	struct vtap_bitmap shaped_out; /* policies that sampled / rate-limited this packet */
+	const struct vtap_parse *p; /* the packet, for flow sampling */
 	__u64 want; /* outputs wanted by the visited policies */
 	__u64 ok; /* outputs whose copy was delivered */
 	__u32 gen;
@@ -336,7 +344,197 @@ struct fire_ctx {
 	__u8 reason[VTAP_MAX_OUTPUTS]; /* why output i failed */
 };
 
-/* Pass 1 (bpf_loop callback): count the match, collect the outputs. */
+/* --------------------------------------------------------------- shaping
+ *
+ * Sampling and rate limits decide, per packet and policy, whether the policy
+ * asks for copies at all. A policy that suppresses a packet counts it once as
+ * `sampled` or `rate_limited` and wants none of its outputs (an output that
+ * another firing policy wants still gets its one copy). Sampling comes first:
+ * a sampled-out packet takes no tokens. A policy without shaping
+ * (sample_one_in == 1, no rate) costs two compares on the action it reads
+ * anyway: no map lookup, no helper call. The original packet is never
+ * touched by any of this. */
+
+static __always_inline __u64 mix64(__u64 h)
+{
+	/* MurmurHash3's 64-bit finalizer. */
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	return h;
+}
+
+static __always_inline __u64 endpoint_hash(const __u8 *addr, __u16 port, __u64 key)
+{
+	__u64 hi, lo;
+	__builtin_memcpy(&hi, addr, 8);
+	__builtin_memcpy(&lo, addr + 8, 8);
+	return mix64(mix64(mix64(hi ^ key) ^ lo) ^ port);
+}
+
+/* A hash of the flow that is the same in both directions: each endpoint
+ * (address, port) is hashed on its own and the two are added, which does not
+ * depend on their order; then protocol and EtherType are mixed in. Ports
+ * count only when the packet has them and is not a fragment, so every
+ * fragment of a datagram (the first one too) hashes alike. A non-IP packet
+ * hashes by its EtherType only. */
+static __always_inline __u32 flow_hash(const struct vtap_parse *p, __u32 seed)
+{
+	__u64 key = mix64(seed | 0x9e3779b900000000ULL);
+	__u16 sp = 0, dp = 0;
+	if ((p->flags & VTAP_P_PORTS) && !(p->flags & VTAP_P_FIRST_FRAG)) {
+		sp = p->sport;
+		dp = p->dport;
+	}
+	__u64 proto = (p->flags & VTAP_P_L4) ? p->proto : 0x100;
+	__u64 h = endpoint_hash(p->saddr, sp, key) + endpoint_hash(p->daddr, dp, key);
+	return mix64(h ^ (proto << 16) ^ ((__u64)p->ether_type << 32) ^ key) >> 32;
+}
+
+/* Whether a uniform 32-bit value x keeps the packet at 1-in-n:
+ * x < 2^32 / n, probability 1/n (to within 2^-32). */
+static __always_inline int sample_keep(__u32 x, __u32 n)
+{
+	return ((__u64)x * n) >> 32 == 0;
+}
+
+/* Refills a bucket by elapsed * rate, at most to cap. User space computed
+ * fill_ns, the time to fill it from empty; a bucket in debt (after a packet
+ * larger than the whole bucket) first needs -credit / rate more. Longer than
+ * that is simply full, so elapsed * rate stays below cap + debt + rate and
+ * cannot overflow. */
+static __always_inline __s64 bucket_refill(__s64 credit, __u64 elapsed, __u64 rate, __u64 fill_ns,
+					   __s64 cap)
+{
+	__u64 full_ns = fill_ns;
+	if (credit < 0)
+		full_ns += (__u64)(-credit) / rate + 1;
+	if (elapsed >= full_ns)
+		return cap;
+	credit += (__s64)(elapsed * rate);
+	return credit > cap ? cap : credit;
+}
+
+/* A packet costing more than the whole bucket (a GSO super-packet against a
+ * small bit bucket) may pass when the bucket is full; it leaves the bucket in
+ * debt, so the long-run rate still holds. */
+static __always_inline int bucket_can_pay(__s64 credit, __s64 cost, __s64 cap)
+{
+	return credit >= (cost < cap ? cost : cap);
+}
+
+/* The policy's token buckets (packets and/or bits): 1 = within the limit
+ * (tokens taken from both), 0 = over it (nothing taken). One bucket pair per
+ * policy for all CPUs, under its spin lock: N CPUs together get the rate,
+ * not N times it. */
+static __always_inline int rate_admit(struct vtap_rate_state *st,
+				      const struct vtap_policy_action *a, __u64 now, __u32 len)
+{
+	__s64 cap_p = (__s64)(a->burst_pkts * VTAP_CREDIT_UNIT);
+	__s64 cap_b = (__s64)(a->burst_bits * VTAP_CREDIT_UNIT);
+	__s64 cost_p = (__s64)VTAP_CREDIT_UNIT;
+	__s64 cost_b = (__s64)((__u64)len * 8 * VTAP_CREDIT_UNIT);
+	__u64 rate_p = a->rate_pps, rate_b = a->rate_bps;
+	__u64 fill_p = a->fill_pkts_ns, fill_b = a->fill_bits_ns;
+	int ok = 1;
+
+	/* Over the limit, the common case under a flood, is decided without
+	 * the lock: when even the credit earned since the last refill cannot
+	 * pay, reject. The reads may race with another CPU's update; a wrong
+	 * "no" leaves the token in the bucket for the next packet, a wrong
+	 * "maybe" is decided under the lock. Rejected packets then only read
+	 * the bucket's cache line, so CPUs flooding together do not bounce it. */
+	__u64 last = *(volatile __u64 *)&st->last_ns;
+	__u64 since = now > last ? now - last : 0;
+	if (rate_p && since < fill_p &&
+	    *(volatile __s64 *)&st->pkts + (__s64)(since * rate_p) < (cost_p < cap_p ? cost_p : cap_p))
+		return 0;
+	if (rate_b && since < fill_b &&
+	    *(volatile __s64 *)&st->bits + (__s64)(since * rate_b) < (cost_b < cap_b ? cost_b : cap_b))
+		return 0;
+
+	bpf_spin_lock(&st->lock);
+	/* Another CPU may have refilled with a later clock reading: then
+	 * nothing elapsed for us. */
+	__u64 elapsed = now > st->last_ns ? now - st->last_ns : 0;
+	if (now > st->last_ns)
+		st->last_ns = now;
+	__s64 cp = st->pkts, cb = st->bits;
+	if (rate_p) {
+		cp = bucket_refill(cp, elapsed, rate_p, fill_p, cap_p);
+		ok = bucket_can_pay(cp, cost_p, cap_p);
+	}
+	if (rate_b) {
+		cb = bucket_refill(cb, elapsed, rate_b, fill_b, cap_b);
+		ok = ok && bucket_can_pay(cb, cost_b, cap_b);
+	}
+	if (ok) {
+		cp -= cost_p;
+		cb -= cost_b;
+	}
+	if (rate_p)
+		st->pkts = cp;
+	if (rate_b)
+		st->bits = cb;
+	bpf_spin_unlock(&st->lock);
+	return ok;
+}
+
+/* One firing policy: count the match; unless sampling or the rate limit
+ * suppresses the packet, return the outputs the policy wants a copy on. When
+ * it does suppress it: count the reason, set the policy's bit in *shaped_out
+ * (pass 2 skips it) and return 0. A global function on purpose: the verifier
+ * checks it once, on its own, instead of once per path of its callers (the
+ * main program is close to the verifier's 1M-instruction budget). */
+__noinline __u64 vtap_fire_policy(__u32 slot, __u32 gen_dir, __u32 len, const struct vtap_parse *p,
+				  struct vtap_bitmap *shaped_out)
+{
+	__u32 gen = (gen_dir >> 1) & 1, dir = gen_dir & 1;
+	slot &= VTAP_MAX_POLICIES - 1;
+
+	__u32 sidx = slot * VTAP_DIR_COUNT + dir;
+	struct vtap_policy_stats *ps = bpf_map_lookup_elem(&vtap_policy_stats, &sidx);
+	if (ps) {
+		ps->packets++;
+		ps->bytes += len;
+	}
+	__u32 aidx = gen * VTAP_MAX_POLICIES + slot;
+	struct vtap_policy_action *a = bpf_map_lookup_elem(&vtap_actions, &aidx);
+	if (!a)
+		return 0;
+	if (a->sample_one_in <= 1 && !(a->rate_pps | a->rate_bps))
+		return a->outputs; /* no shaping: the common case */
+
+	__u32 reason = VTAP_DROP_REASONS;
+	__u32 n = a->sample_one_in;
+	if (n > 1) {
+		__u32 x;
+		if ((a->shape & VTAP_SHAPE_SAMPLE_FLOW) && p)
+			x = flow_hash(p, a->flow_seed);
+		else
+			x = bpf_get_prandom_u32();
+		if (!sample_keep(x, n))
+			reason = VTAP_DROP_SAMPLED;
+	}
+	if (reason == VTAP_DROP_REASONS && (a->rate_pps | a->rate_bps)) {
+		struct vtap_rate_state *st = bpf_map_lookup_elem(&vtap_rate, &slot);
+		if (st && !rate_admit(st, a, bpf_ktime_get_ns(), len))
+			reason = VTAP_DROP_RATE_LIMITED;
+	}
+	if (reason == VTAP_DROP_REASONS)
+		return a->outputs;
+	if (shaped_out)
+		shaped_out->w[(slot >> 6) & (VTAP_BITMAP_WORDS - 1)] |= 1ULL << (slot & 63);
+	struct vtap_policy_drops *d = bpf_map_lookup_elem(&vtap_policy_drops, &slot);
+	if (d)
+		d->reason[reason == VTAP_DROP_SAMPLED ? VTAP_DROP_SAMPLED : VTAP_DROP_RATE_LIMITED]++;
+	return 0;
+}
+
+/* Pass 1 (bpf_loop callback): count the match, apply sampling and rate
+ * limit, collect the outputs. */
 static long visit_policy(__u64 i, void *arg)
 {
 	struct fire_ctx *c = arg;
@@ -344,16 +542,7 @@ static long visit_policy(__u64 i, void *arg)
 	if (slot >= VTAP_MAX_POLICIES)
 		return 1;
 
-	__u32 sidx = slot * VTAP_DIR_COUNT + (c->dir & 1);
-	struct vtap_policy_stats *ps = bpf_map_lookup_elem(&vtap_policy_stats, &sidx);
-	if (ps) {
-		ps->packets++;
-		ps->bytes += c->len;
-	}
-	__u32 aidx = c->gen * VTAP_MAX_POLICIES + slot;
-	struct vtap_policy_action *a = bpf_map_lookup_elem(&vtap_actions, &aidx);
-	if (a)
-		c->want |= a->outputs;
+	c->want |= vtap_fire_policy(slot, c->gen * 2 + c->dir, c->len, c->p, &c->shaped_out);
 	return 0;
 }
 
@@ -503,6 +692,7 @@ static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
 	c.gen = gen;
 	c.dir = dir;
 	c.len = skb->len;
+	c.p = &p;
 	/* One or two firing policies (the common case) without bpf_loop. */
 	if (n <= 2) {
 		visit_policy(0, &c);
@@ -516,6 +706,10 @@ static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
 		send_copies(skb, &c);
 
 	c.left = fired;
+	/* Policies that sampled or rate-limited the packet have no copies. */
+#pragma unroll
+	for (int w = 0; w < VTAP_BITMAP_WORDS; w++)
+		c.left.w[w] &= ~c.shaped_out.w[w];
 	if (n <= 2) {
 		account_policy(0, &c);
 		if (n == 2)

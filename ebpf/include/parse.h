@@ -9,7 +9,8 @@
  *    a tag offloaded to skb metadata counts as the outermost one;
  *  - ARP for Ethernet/IPv4: sender IP = src, target IP = dst (non-IP for
  *    protocol and ports);
- *  - IPv4 with options; a non-first fragment has a protocol but no ports;
+ *  - IPv4 with options; a non-first fragment has a protocol but no ports
+ *    (VTAP_P_FRAGMENT), the first one is marked VTAP_P_FIRST_FRAG;
  *  - IPv6 with up to VTAP_MAX_EXT extension headers (hop-by-hop, routing,
  *    fragment, destination options); a non-first fragment has no ports; a
  *    longer chain leaves the protocol unknown;
@@ -136,10 +137,13 @@ static __always_inline void vtap_parse_ip4(struct __sk_buff *skb, struct vtap_pa
 		p->flags |= VTAP_P_TRUNCATED;
 		return;
 	}
-	if (bpf_ntohs(ip.frag_off) & 0x1fff) {
+	__u16 frag_off = bpf_ntohs(ip.frag_off);
+	if (frag_off & 0x1fff) {
 		p->flags |= VTAP_P_FRAGMENT;
 		return;
 	}
+	if (frag_off & 0x2000) /* more fragments follow: the first one */
+		p->flags |= VTAP_P_FIRST_FRAG;
 	vtap_parse_l4(skb, p, off + ihl * 4);
 }
 
@@ -181,6 +185,8 @@ static __always_inline void vtap_parse_ip6(struct __sk_buff *skb, struct vtap_pa
 				/* a later fragment: what follows is payload */
 				return;
 			}
+			if (frag & 1) /* M: the first fragment */
+				p->flags |= VTAP_P_FIRST_FRAG;
 		} else {
 			nh = h[0];
 			off += ((__u32)h[1] + 1) * 8;

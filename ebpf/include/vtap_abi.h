@@ -27,6 +27,7 @@
 #else
 #include <linux/types.h>
 #endif
+#include <linux/bpf.h> /* struct bpf_spin_lock */
 
 #define VTAP_ABI_VERSION 1
 
@@ -67,8 +68,8 @@ enum vtap_drop_reason {
 	VTAP_DROP_CLONE_FAILED = 0, /* the copy could not be made (no memory, recursion) */
 	VTAP_DROP_OUTPUT_DOWN = 1, /* the output interface does not exist now, or is down */
 	VTAP_DROP_VLAN_FAILED = 2, /* the 802.1Q tag could not be pushed */
-	VTAP_DROP_SAMPLED = 3, /* reserved: 1-in-N sampling */
-	VTAP_DROP_RATE_LIMITED = 4, /* reserved: pps/bps limit */
+	VTAP_DROP_SAMPLED = 3, /* not selected by 1-in-N sampling (per packet) */
+	VTAP_DROP_RATE_LIMITED = 4, /* over the policy's pps/bps limit (per packet) */
 	VTAP_DROP_RING_FULL = 5, /* reserved: pcap ring buffer full */
 	VTAP_DROP_XMIT_DROPPED = 6, /* cloned, but the output's queue dropped it */
 	VTAP_DROP_REASONS = 8,
@@ -90,6 +91,7 @@ enum vtap_parse_flags {
 	VTAP_P_FRAGMENT = 1 << 5, /* a non-first fragment: no L4 header */
 	VTAP_P_TRUNCATED = 1 << 6, /* a header ended early; parsing stopped there */
 	VTAP_P_TAGGED = 1 << 7, /* at least one VLAN tag (in data or offloaded) */
+	VTAP_P_FIRST_FRAG = 1 << 8, /* the first fragment of a fragmented packet (has ports) */
 };
 
 /* Generation-independent state: array[1]. */
@@ -189,16 +191,48 @@ _Static_assert(sizeof(struct vtap_lpm6_key) == 24, "vtap_lpm6_key size");
 /* vtap_proto, vtap_tcp_flags: arrays indexed gen * 256 + value.
  * vtap_sport, vtap_dport: arrays indexed gen * 65536 + port. */
 
-/* vtap_policy_action: array indexed gen * VTAP_MAX_POLICIES + slot. */
+/* Shaping of a policy's copies (vtap_policy_action.shape). */
+enum vtap_shape_flags {
+	/* 1-in-N by a symmetric hash of the flow (both directions of a
+	 * conversation go the same way); without it, each packet is kept with
+	 * probability 1/N (bpf_get_prandom_u32). */
+	VTAP_SHAPE_SAMPLE_FLOW = 1 << 0,
+};
+
+/* Token buckets: credit is kept in units of 1e-9 packet / 1e-9 bit, refilled
+ * by elapsed_ns * rate, capped at burst * VTAP_CREDIT_UNIT. */
+#define VTAP_CREDIT_UNIT 1000000000ULL
+
+/* vtap_actions: array indexed gen * VTAP_MAX_POLICIES + slot. The first 40
+ * bytes are all a policy without shaping needs (sample_one_in == 1,
+ * rate_pps == rate_bps == 0); the rest is read only by shaped policies. */
 struct vtap_policy_action {
 	__u64 outputs; /* bitmap of output ids */
 	__u8 out_ids[VTAP_MAX_POLICY_OUTPUTS]; /* the same ids, VTAP_NO_OUTPUT = unused */
-	__u32 sample_one_in; /* reserved (1) */
+	__u32 sample_one_in; /* keep 1 packet in N (1 = every packet) */
 	__u32 snaplen; /* reserved (0) */
-	__u64 rate_pps; /* reserved (0) */
-	__u64 rate_bps; /* reserved (0) */
+	__u64 rate_pps; /* packets per second, 0 = no packet limit */
+	__u64 rate_bps; /* bits per second, 0 = no bit limit */
+	__u32 shape; /* enum vtap_shape_flags */
+	__u32 flow_seed; /* key of the flow hash (VTAP_SHAPE_SAMPLE_FLOW) */
+	__u64 burst_pkts; /* packet bucket size (packets) */
+	__u64 burst_bits; /* bit bucket size (bits) */
+	__u64 fill_pkts_ns; /* ns to refill the packet bucket from empty (>= 1) */
+	__u64 fill_bits_ns; /* ns to refill the bit bucket from empty (>= 1) */
 };
-_Static_assert(sizeof(struct vtap_policy_action) == 40, "vtap_policy_action size");
+_Static_assert(sizeof(struct vtap_policy_action) == 80, "vtap_policy_action size");
+
+/* vtap_rate: array indexed by policy slot (not generational: a policy keeps
+ * its buckets across policy changes). One bucket pair per policy, shared by
+ * every CPU, updated under the spin lock. All zero = full buckets. */
+struct vtap_rate_state {
+	struct bpf_spin_lock lock;
+	__u32 _pad;
+	__s64 pkts; /* packet credit, in 1e-9 packet */
+	__s64 bits; /* bit credit, in 1e-9 bit (below 0 after a packet larger than the bucket) */
+	__u64 last_ns; /* bpf_ktime_get_ns() of the last refill */
+};
+_Static_assert(sizeof(struct vtap_rate_state) == 32, "vtap_rate_state size");
 
 /* vtap_outputs: array indexed gen * VTAP_MAX_OUTPUTS + output id. */
 struct vtap_output {
@@ -235,7 +269,11 @@ struct vtap_output_stats {
 };
 _Static_assert(sizeof(struct vtap_output_stats) == 16, "vtap_output_stats size");
 
-/* vtap_policy_drops: per-CPU array indexed by slot. */
+/* vtap_policy_drops: per-CPU array indexed by slot. The unit of the
+ * `sampled` and `rate_limited` reasons is a packet of the policy (none of its
+ * outputs got a copy); the other reasons count copies (one per output). So,
+ * for every output o of a policy:
+ *   matched = sampled + rate_limited + mirrored(o) + failed(o). */
 struct vtap_policy_drops {
 	__u64 reason[VTAP_DROP_REASONS];
 };

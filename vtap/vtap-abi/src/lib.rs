@@ -125,6 +125,7 @@ pub mod parse_flags {
     pub const FRAGMENT: u16 = 1 << 5;
     pub const TRUNCATED: u16 = 1 << 6;
     pub const TAGGED: u16 = 1 << 7;
+    pub const FIRST_FRAG: u16 = 1 << 8;
 }
 
 /// `struct vtap_global`.
@@ -292,6 +293,15 @@ pub struct Lpm6Key {
     pub addr: [u8; 16],
 }
 
+/// Shaping flags (`enum vtap_shape_flags`, [`PolicyAction::shape`]).
+pub mod shape {
+    /// 1-in-N by a symmetric hash of the flow, else random per packet.
+    pub const SAMPLE_FLOW: u32 = 1 << 0;
+}
+
+/// Token-bucket credit is kept in units of 1/`CREDIT_UNIT` packet or bit.
+pub const CREDIT_UNIT: u64 = 1_000_000_000;
+
 /// `struct vtap_policy_action`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
@@ -300,14 +310,26 @@ pub struct PolicyAction {
     pub outputs: u64,
     /// The same ids, [`NO_OUTPUT`] when unused.
     pub out_ids: [u8; MAX_POLICY_OUTPUTS],
-    /// Reserved (1).
+    /// Keep one packet in N (1 = every packet).
     pub sample_one_in: u32,
     /// Reserved (0).
     pub snaplen: u32,
-    /// Reserved (0).
+    /// Packets per second, 0 = no packet limit.
     pub rate_pps: u64,
-    /// Reserved (0).
+    /// Bits per second, 0 = no bit limit.
     pub rate_bps: u64,
+    /// [`shape`] flags.
+    pub shape: u32,
+    /// Key of the flow hash ([`shape::SAMPLE_FLOW`]).
+    pub flow_seed: u32,
+    /// Packet bucket size, packets.
+    pub burst_pkts: u64,
+    /// Bit bucket size, bits.
+    pub burst_bits: u64,
+    /// Nanoseconds to refill the packet bucket from empty.
+    pub fill_pkts_ns: u64,
+    /// Nanoseconds to refill the bit bucket from empty.
+    pub fill_bits_ns: u64,
 }
 
 impl Default for PolicyAction {
@@ -319,8 +341,31 @@ impl Default for PolicyAction {
             snaplen: 0,
             rate_pps: 0,
             rate_bps: 0,
+            shape: 0,
+            flow_seed: 0,
+            burst_pkts: 0,
+            burst_bits: 0,
+            fill_pkts_ns: 0,
+            fill_bits_ns: 0,
         }
     }
+}
+
+/// `struct vtap_rate_state`: the token buckets of one policy (`vtap_rate`,
+/// indexed by slot). All zero = full buckets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct RateState {
+    /// `struct bpf_spin_lock` (the kernel never copies it to or from user space).
+    pub lock: u32,
+    /// Zero.
+    pub _pad: u32,
+    /// Packet credit, 1/[`CREDIT_UNIT`] packets.
+    pub pkts: i64,
+    /// Bit credit, 1/[`CREDIT_UNIT`] bits.
+    pub bits: i64,
+    /// `bpf_ktime_get_ns()` of the last refill.
+    pub last_ns: u64,
 }
 
 /// `struct vtap_output`.
@@ -448,6 +493,7 @@ pod!(
     Lpm4Key,
     Lpm6Key,
     PolicyAction,
+    RateState,
     Output,
     TapStats,
     PolicyStats,
@@ -489,7 +535,25 @@ pub fn layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize)>)> {
         l!(
             "vtap_policy_action",
             PolicyAction,
-            [outputs, out_ids, sample_one_in, snaplen, rate_pps, rate_bps]
+            [
+                outputs,
+                out_ids,
+                sample_one_in,
+                snaplen,
+                rate_pps,
+                rate_bps,
+                shape,
+                flow_seed,
+                burst_pkts,
+                burst_bits,
+                fill_pkts_ns,
+                fill_bits_ns
+            ]
+        ),
+        l!(
+            "vtap_rate_state",
+            RateState,
+            [lock, _pad, pkts, bits, last_ns]
         ),
         l!("vtap_output", Output, [ifindex, vlan, kind, _pad]),
         l!(

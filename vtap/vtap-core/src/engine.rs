@@ -30,6 +30,7 @@ use crate::datapath::{Datapath, DatapathError, stats};
 use crate::netlink::Links;
 use crate::policy::compile::{Assignment, CompiledSet, OutputKey, compile};
 use crate::policy::model::Policy;
+use crate::policy::shaping;
 use crate::policy::validate::{FieldError, validate_set};
 
 /// Errors of the engine.
@@ -422,6 +423,8 @@ impl Engine {
             stats::zero_percpu::<PolicyStats>(&self.dp, &m.policy_stats, s * 2 + d)?;
         }
         stats::zero_percpu::<PolicyDrops>(&self.dp, &m.policy_drops, s)?;
+        // Full token buckets for the new policy (all zero = full).
+        m.rate.update(&s, &vtap_abi::RateState::default())?;
         for o in 0..MAX_OUTPUTS as u32 {
             stats::zero_percpu::<OutputStats>(
                 &self.dp,
@@ -639,6 +642,9 @@ pub fn resolve_with(
         for (k, &id) in ids.iter().enumerate().take(a.out_ids.len()) {
             a.out_ids[k] = id;
             a.outputs |= 1u64 << id;
+        }
+        if let Some(sh) = c.shaping.get(&slot) {
+            sh.write(&mut a, shaping::flow_seed());
         }
         img.actions[slot as usize] = a;
     }

@@ -13,5 +13,5 @@ pub mod datapath;
 pub mod engine;
 pub mod netlink;
 pub mod policy;
-pub mod store;
 pub mod probes;
+pub mod store;

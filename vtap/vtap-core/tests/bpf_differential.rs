@@ -2,13 +2,21 @@
 //! (`policy::reference`, written from the policy semantics, not from the C)
 //! must agree on which policies fire, for ≥ 100k random frames against random
 //! policy sets. Needs root; in CI never skips. `VTAP_DIFF_SEED` replays a run.
+//!
+//! About a third of the policies also sample and/or rate-limit
+//! (`testgen::random_shaping`). Shaping is random per packet, so it is not
+//! compared with the reference; what is checked is that it never changes
+//! which policies *match* (the matched counter counts before shaping), and
+//! that every matched packet is accounted for: over each set, for every
+//! policy and each of its outputs,
+//! `matched = sampled + rate_limited + mirrored + failed`.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::{Rng, SeedableRng};
-use vtap_abi::{Dir, MAX_POLICIES, PolicyStats};
+use vtap_abi::{Dir, MAX_POLICIES, PolicyStats, drop_reason};
 use vtap_core::datapath::{stats, sys};
 use vtap_core::policy::{reference, testgen};
 
@@ -36,6 +44,45 @@ fn matched_all(h: &Harness) -> Vec<u64> {
         .collect()
 }
 
+/// Per policy: matched (both directions), sampled, rate_limited, and
+/// (mirrored, failed) per output id.
+struct Account {
+    matched: u64,
+    sampled: u64,
+    rate_limited: u64,
+    outputs: BTreeMap<u8, (u64, u64)>,
+}
+
+fn accounts(h: &Harness) -> BTreeMap<String, Account> {
+    let mut out = BTreeMap::new();
+    for p in &h.policies {
+        let slot = h.assignment.policy_slots[&p.name] as u32;
+        let m: Vec<(u32, PolicyStats)> =
+            stats::sum_percpu_array(&h.dp, &h.dp.maps.policy_stats, [slot * 2, slot * 2 + 1])
+                .unwrap();
+        let d = h.drops(&p.name);
+        let outputs = p
+            .interface_outputs()
+            .iter()
+            .map(|k| {
+                let id = h.assignment.output_ids[k];
+                let s = h.output_stats(&p.name, id);
+                (id, (s.mirrored, s.failed))
+            })
+            .collect();
+        out.insert(
+            p.name.clone(),
+            Account {
+                matched: m[0].1.packets + m[1].1.packets,
+                sampled: d.reason[drop_reason::SAMPLED],
+                rate_limited: d.reason[drop_reason::RATE_LIMITED],
+                outputs,
+            },
+        );
+    }
+    out
+}
+
 #[test]
 fn bpf_program_agrees_with_reference_classifier() {
     if !require_root() {
@@ -50,14 +97,16 @@ fn bpf_program_agrees_with_reference_classifier() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut h = Harness::new(false);
     let mut fired_total = 0usize;
+    let mut shaped_total = 0u64;
     let mut frames = 0usize;
     let mut sets = 0usize;
     let mut refused = 0usize;
     let mut retagged = 0usize;
     while frames < FRAMES {
         let n = rng.gen_range(1..=40);
-        let policies =
+        let mut policies =
             testgen::random_policy_set(&mut rng, n, &[TAP, "vm2-tap", "vm*"], &["mon0", "mon1"]);
+        testgen::random_shaping(&mut rng, &mut policies);
         // Alternate the address lookup: exact-match hashes, LPM tries, mixed.
         h.hash_lens = [vtap_abi::MAX_LENS, 0, 2][sets % 3];
         h.apply(policies.clone());
@@ -69,6 +118,7 @@ fn bpf_program_agrees_with_reference_classifier() {
             .map(|(k, v)| (k.clone(), *v as usize))
             .collect();
         let mut before = matched_all(&h);
+        let accounts_before = accounts(&h);
         for _ in 0..FRAMES_PER_SET {
             let (mut frame, _offloaded) = testgen::random_frame(&mut rng);
             if frame.len() < 14 {
@@ -110,16 +160,35 @@ fn bpf_program_agrees_with_reference_classifier() {
             frames += 1;
             before = after;
         }
+        let accounts_after = accounts(&h);
+        for (name, a) in &accounts_after {
+            let b = &accounts_before[name];
+            let d = |x: u64, y: u64| x - y;
+            let matched = d(a.matched, b.matched);
+            let (sampled, limited) = (d(a.sampled, b.sampled), d(a.rate_limited, b.rate_limited));
+            shaped_total += sampled + limited;
+            for (o, (m, f)) in &a.outputs {
+                let (bm, bf) = b.outputs[o];
+                assert_eq!(
+                    sampled + limited + d(*m, bm) + d(*f, bf),
+                    matched,
+                    "seed {seed}, set {sets}, policy {name}, output {o}: sampled {sampled} + rate_limited {limited} + mirrored + failed != matched {matched}"
+                );
+            }
+        }
     }
     // The generators must make frames that actually match, or the test
     // proves nothing.
     eprintln!(
-        "{frames} frames, {sets} policy sets, {fired_total} policy firings, {retagged} short IP frames re-tagged, {refused} frames under 14 bytes skipped"
+        "{frames} frames, {sets} policy sets, {fired_total} policy firings ({shaped_total} sampled or rate-limited), {retagged} short IP frames re-tagged, {refused} frames under 14 bytes skipped"
+    );
+    assert!(
+        shaped_total > frames as u64 / 100,
+        "too few shaped firings ({shaped_total}) to check the accounting"
     );
     assert!(refused < frames / 10, "too many refused frames: {refused}");
     assert!(
         fired_total > frames / 10,
         "too few firings ({fired_total}) to be meaningful"
     );
-    let _ = stats::sum_percpu::<u32, PolicyStats>;
 }

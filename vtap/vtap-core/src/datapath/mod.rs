@@ -162,6 +162,8 @@ pub struct Maps {
     pub output_stats: MapHandle,
     pub policy_drops: MapHandle,
     pub copy_stats: MapHandle,
+    /// Token buckets of rate-limited policies (`vtap_rate`, by slot).
+    pub rate: MapHandle,
 }
 
 fn map_data(m: Map) -> Option<MapData> {
@@ -232,6 +234,7 @@ impl Datapath {
             output_stats: take("vtap_output_stats")?,
             policy_drops: take("vtap_policy_drops")?,
             copy_stats: take("vtap_copy_stats")?,
+            rate: take("vtap_rate")?,
         };
         let barrier =
             sys::RcuBarrier::new(maps.global.fd()).map_err(|source| DatapathError::Os {

@@ -58,12 +58,9 @@ pub struct Image {
 
 fn zero_action() -> PolicyAction {
     PolicyAction {
-        outputs: 0,
         out_ids: [0; 8],
         sample_one_in: 0,
-        snaplen: 0,
-        rate_pps: 0,
-        rate_bps: 0,
+        ..PolicyAction::default()
     }
 }
 

@@ -44,6 +44,7 @@ use serde_json::{Value, json};
 use vtap_abi::{Bitmap, Dir, MAX_OUTPUTS, MAX_POLICIES, field};
 
 use super::model::{Direction, Policy};
+use super::shaping::Shaping;
 use super::validate::{FieldError, validate_set};
 
 /// An output as the datapath knows it: an interface and the VLAN id to push.
@@ -185,6 +186,8 @@ pub struct CompiledSet {
     /// Slot → output ids of its interface outputs, in the policy's order (every
     /// policy of the set, enabled or not).
     pub actions: BTreeMap<u16, Vec<u8>>,
+    /// Slot → sampling and rate limit, for the policies that have some.
+    pub shaping: BTreeMap<u16, Shaping>,
     /// Output id → output, for every output of the set.
     pub outputs: BTreeMap<u8, OutputKey>,
     /// Tap selection of the enabled policies.
@@ -353,6 +356,7 @@ pub fn compile(policies: &[Policy], a: &Assignment) -> Result<CompiledSet, Compi
     // Slots, names, actions, outputs.
     let mut names: BTreeMap<u16, String> = BTreeMap::new();
     let mut actions = BTreeMap::new();
+    let mut shaping = BTreeMap::new();
     let mut outputs: BTreeMap<u8, OutputKey> = BTreeMap::new();
     let mut slots = Vec::with_capacity(policies.len());
     for p in policies {
@@ -400,6 +404,10 @@ pub fn compile(policies: &[Policy], a: &Assignment) -> Result<CompiledSet, Compi
             ids.push(id);
         }
         actions.insert(slot, ids);
+        let sh = Shaping::of(p);
+        if !sh.is_none() {
+            shaping.insert(slot, sh);
+        }
         slots.push(slot);
     }
 
@@ -516,6 +524,7 @@ pub fn compile(policies: &[Policy], a: &Assignment) -> Result<CompiledSet, Compi
         sport,
         dport,
         actions,
+        shaping,
         outputs,
         taps,
         names,
@@ -622,8 +631,13 @@ impl CompiledSet {
                             .flatten()
                             .map(|id| id.to_string())
                             .collect();
+                        let shaped = self
+                            .shaping
+                            .get(s)
+                            .map(|sh| format!(" ({})", sh.describe()))
+                            .unwrap_or_default();
                         format!(
-                            "slot {s}: {n}{} -> outputs [{}]",
+                            "slot {s}: {n}{} -> outputs [{}]{shaped}",
                             if self.enabled.test(*s as usize) {
                                 ""
                             } else {

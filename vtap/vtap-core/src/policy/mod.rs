@@ -17,6 +17,8 @@
 //! * [`compile`](mod@compile) — pure: a validated set and an [`Assignment`] of slots and
 //!   output ids → the contents of one generation of the maps
 //!   ([`CompiledSet`]).
+//! * [`shaping`] — 1-in-N sampling and rate limits: their limits, the token
+//!   bucket sizes and how they are written into a policy's action.
 //! * [`reference`](mod@reference) — an independent classifier written from the policy
 //!   semantics (it parses raw frames itself); the specification the C
 //!   datapath and the compiled tables are tested against.
@@ -27,12 +29,15 @@ pub mod compile;
 pub mod load;
 pub mod model;
 pub mod reference;
+pub mod shaping;
 #[cfg(any(test, feature = "testgen"))]
 pub mod testgen;
 pub mod validate;
 
 pub use compile::{Assignment, CompileError, CompiledSet, OutputKey, TapRule};
 pub use load::{LoadError, Loaded, Problem, ProblemKind, load_and_validate, load_path, parse_str};
-pub use model::{Direction, Match, NameOrNumber, Output, Policy, PortSpec, RateLimit};
+pub use model::{
+    Direction, IntSpec, Match, NameOrNumber, Output, Policy, PortSpec, RateLimit, SampleBy,
+};
 pub use reference::classify;
 pub use validate::{FieldError, validate_policy, validate_set};

@@ -34,8 +34,8 @@ fn default_priority() -> u32 {
 fn default_true() -> bool {
     true
 }
-fn default_sample() -> u64 {
-    1
+fn default_sample() -> IntSpec {
+    IntSpec::Int(1)
 }
 fn is_false(b: &bool) -> bool {
     !*b
@@ -64,13 +64,17 @@ pub struct Policy {
     /// What to select; every field optional, absent = any.
     #[serde(default)]
     pub r#match: Match,
-    /// Mirror one packet in N (only 1 in this build).
+    /// Mirror one packet in N (1 = every packet).
     #[serde(default = "default_sample")]
-    pub sample_one_in: u64,
+    pub sample_one_in: IntSpec,
+    /// How the 1-in-N packets are chosen: at random per packet (default), or
+    /// per flow (every packet of a conversation, both directions, or none).
+    #[serde(default, skip_serializing_if = "SampleBy::is_packet")]
+    pub sample_by: SampleBy,
     /// Bytes to keep of each copy, 0 = the whole packet (only 0 in this build).
     #[serde(default)]
     pub snaplen: u32,
-    /// Per-policy rate limit (only {0, 0} = unlimited in this build).
+    /// Per-policy rate limit of the copies; {0, 0} = unlimited.
     #[serde(default)]
     pub rate_limit: RateLimit,
     /// Where copies go (required, 1..=8 entries).
@@ -120,16 +124,145 @@ impl Direction {
     }
 }
 
-/// Per-policy rate limit (reserved: must be 0/0 in this build).
+/// How `sample_one_in` chooses its packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SampleBy {
+    /// Each packet on its own, at random with probability 1/N.
+    #[default]
+    Packet,
+    /// Whole flows: a symmetric hash of addresses, protocol and ports keeps
+    /// 1 flow in N, both directions of it, and every packet of it.
+    Flow,
+}
+
+impl SampleBy {
+    /// The default (`packet`), left out when a policy is written back.
+    pub fn is_packet(&self) -> bool {
+        *self == SampleBy::Packet
+    }
+}
+
+/// Per-policy rate limit of the copies. Either or both; 0 = no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// Packets per second, 0 = unlimited.
     #[serde(default)]
-    pub pps: u64,
+    pub pps: IntSpec,
     /// Bits per second, 0 = unlimited.
     #[serde(default)]
-    pub bps: u64,
+    pub bps: IntSpec,
+}
+
+impl RateLimit {
+    /// Packets per second of a validated policy (0 = unlimited).
+    pub fn pps(&self) -> u64 {
+        self.pps.as_u64().unwrap_or(0)
+    }
+    /// Bits per second of a validated policy (0 = unlimited).
+    pub fn bps(&self) -> u64 {
+        self.bps.as_u64().unwrap_or(0)
+    }
+    /// Whether neither limit is set.
+    pub fn is_unlimited(&self) -> bool {
+        self.pps() == 0 && self.bps() == 0
+    }
+}
+
+/// A whole-number setting as written (`sample_one_in`, `rate_limit.pps`,
+/// `rate_limit.bps`). Any number is accepted here — negative, fractional,
+/// larger than 64 bits — so that validation can reject it with a message
+/// naming its field, instead of a generic deserialization error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IntSpec {
+    /// A whole number (a float with no fractional part counts as one).
+    Int(i128),
+    /// Anything else: the bits of an `f64` (fractional, huge, inf, NaN).
+    Float(u64),
+}
+
+impl Default for IntSpec {
+    fn default() -> Self {
+        IntSpec::Int(0)
+    }
+}
+
+impl IntSpec {
+    /// The value when it is a whole number that fits a u64.
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            IntSpec::Int(v) => u64::try_from(*v).ok(),
+            IntSpec::Float(_) => None,
+        }
+    }
+    /// The value as a float (for messages and range checks).
+    pub fn as_f64(&self) -> f64 {
+        match self {
+            IntSpec::Int(v) => *v as f64,
+            IntSpec::Float(b) => f64::from_bits(*b),
+        }
+    }
+}
+
+impl From<u64> for IntSpec {
+    fn from(v: u64) -> Self {
+        IntSpec::Int(v as i128)
+    }
+}
+
+impl fmt::Display for IntSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IntSpec::Int(v) => write!(f, "{v}"),
+            IntSpec::Float(b) => write!(f, "{}", f64::from_bits(*b)),
+        }
+    }
+}
+
+impl Serialize for IntSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            IntSpec::Int(v) if v >= 0 && v <= u64::MAX as i128 => s.serialize_u64(v as u64),
+            IntSpec::Int(v) if v >= i64::MIN as i128 && v < 0 => s.serialize_i64(v as i64),
+            other => s.serialize_f64(other.as_f64()),
+        }
+    }
+}
+
+struct IntSpecVisitor;
+
+impl Visitor<'_> for IntSpecVisitor {
+    type Value = IntSpec;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a whole number")
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<IntSpec, E> {
+        Ok(IntSpec::Int(v.into()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<IntSpec, E> {
+        Ok(IntSpec::Int(v.into()))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<IntSpec, E> {
+        Ok(IntSpec::Int(v))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<IntSpec, E> {
+        Ok(i128::try_from(v).map_or(IntSpec::Float((v as f64).to_bits()), IntSpec::Int))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<IntSpec, E> {
+        // 1000.0 and 1e3 are whole numbers; 0.5 and 1e40 stay floats.
+        if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e30 {
+            Ok(IntSpec::Int(v as i128))
+        } else {
+            Ok(IntSpec::Float(v.to_bits()))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for IntSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(IntSpecVisitor)
+    }
 }
 
 /// What a policy selects. Every field is optional; an absent field matches

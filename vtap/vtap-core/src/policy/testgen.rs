@@ -12,7 +12,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 use super::model::{
-    Direction, Match, NameOrNumber, Output, POLICY_VERSION, Policy, PortSpec, RateLimit,
+    Direction, Match, NameOrNumber, Output, POLICY_VERSION, Policy, PortSpec, RateLimit, SampleBy,
 };
 
 /// IPv4 addresses frames use (VMs, prefix edges, outsiders).
@@ -285,13 +285,39 @@ pub fn random_policy_set<R: Rng + ?Sized>(
                     &[Direction::Ingress, Direction::Egress, Direction::Both],
                 ),
                 r#match: random_match(rng),
-                sample_one_in: 1,
+                sample_one_in: 1u64.into(),
+                sample_by: Default::default(),
                 snaplen: 0,
                 rate_limit: RateLimit::default(),
                 outputs: outs,
             }
         })
         .collect()
+}
+
+/// Gives about a third of `policies` a random 1-in-N sampling (by packet
+/// or by flow) and/or a pps/bps rate limit. Draws from `rng` only here, so
+/// the sets [`random_policy_set`] makes for a seed do not change. Shaping
+/// never changes which policies *match* a packet; tests use this to check
+/// that, and that every matched packet is accounted for.
+pub fn random_shaping<R: Rng + ?Sized>(rng: &mut R, policies: &mut [Policy]) {
+    for p in policies.iter_mut() {
+        if !rng.gen_bool(0.35) {
+            continue;
+        }
+        if rng.gen_bool(0.6) {
+            p.sample_one_in = pick(rng, &[2u64, 3, 10, 1000]).into();
+            if rng.gen_bool(0.5) {
+                p.sample_by = SampleBy::Flow;
+            }
+        }
+        if rng.gen_bool(0.5) {
+            p.rate_limit.pps = pick(rng, &[1u64, 50, 100_000]).into();
+        }
+        if rng.gen_bool(0.3) {
+            p.rate_limit.bps = pick(rng, &[1u64, 20_000, 1_000_000_000]).into();
+        }
+    }
 }
 
 fn random_port<R: Rng + ?Sized>(rng: &mut R) -> u16 {

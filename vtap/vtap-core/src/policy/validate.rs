@@ -17,9 +17,11 @@ use vtap_abi::{MAX_OUTPUTS, MAX_POLICIES, MAX_POLICY_OUTPUTS};
 
 use super::compile::OutputKey;
 use super::model::{
-    ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IFNAME_MAX, Output, POLICY_VERSION, Policy, ether_type_name,
-    parse_cidr, parse_ether_type, parse_port_spec, parse_protocol, parse_tcp_flag, protocol_name,
+    ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IFNAME_MAX, IntSpec, Output, POLICY_VERSION, Policy,
+    ether_type_name, parse_cidr, parse_ether_type, parse_port_spec, parse_protocol, parse_tcp_flag,
+    protocol_name,
 };
+use super::shaping::{MAX_RATE_BPS, MAX_RATE_PPS, MAX_SAMPLE_ONE_IN};
 
 /// One validation error.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -50,9 +52,6 @@ impl fmt::Display for FieldError {
         }
     }
 }
-
-const NOT_YET: &str =
-    "not supported by this build yet (sampling/rate limiting arrive with the shaping issue)";
 
 /// Whether `c` may appear in a Linux interface name (printable ASCII except
 /// '/', ':' and space; the kernel's `dev_valid_name`).
@@ -336,39 +335,31 @@ pub fn validate_policy(p: &Policy) -> Vec<FieldError> {
         }
     }
 
-    // Reserved shaping fields.
-    if p.sample_one_in == 0 {
-        err(
-            "sample_one_in".into(),
-            "must be >= 1 (1 = every packet)".into(),
-        );
-    } else if p.sample_one_in != 1 {
-        err(
-            "sample_one_in".into(),
-            format!("1-in-{} sampling is {NOT_YET}; use 1", p.sample_one_in),
-        );
-    }
+    // Shaping: 1-in-N sampling and rate limits.
+    check_sample_one_in(&p.sample_one_in, &mut err);
     if p.snaplen != 0 {
         err(
             "snaplen".into(),
             format!(
-                "truncating copies to {} bytes is {NOT_YET}; use 0",
+                "truncating copies to {} bytes is not supported by this build yet; use 0 (the whole packet)",
                 p.snaplen
             ),
         );
     }
-    if p.rate_limit.pps != 0 {
-        err(
-            "rate_limit.pps".into(),
-            format!("a packet rate limit is {NOT_YET}; use 0"),
-        );
-    }
-    if p.rate_limit.bps != 0 {
-        err(
-            "rate_limit.bps".into(),
-            format!("a bit rate limit is {NOT_YET}; use 0"),
-        );
-    }
+    check_rate(
+        "rate_limit.pps",
+        &p.rate_limit.pps,
+        "packet",
+        MAX_RATE_PPS,
+        &mut err,
+    );
+    check_rate(
+        "rate_limit.bps",
+        &p.rate_limit.bps,
+        "bit",
+        MAX_RATE_BPS,
+        &mut err,
+    );
 
     // outputs
     if p.outputs.is_empty() {
@@ -439,6 +430,51 @@ pub fn validate_policy(p: &Policy) -> Vec<FieldError> {
         }
     }
     errs
+}
+
+fn check_sample_one_in(v: &IntSpec, err: &mut impl FnMut(String, String)) {
+    let field = "sample_one_in".to_string();
+    let hint = "sample_one_in is a whole number N >= 1: one packet (or flow) in N is mirrored, 1 = every packet";
+    match v {
+        IntSpec::Int(n) if *n >= 1 && *n <= MAX_SAMPLE_ONE_IN as i128 => {}
+        IntSpec::Int(0) => err(field, format!("0 is not a valid N: {hint}")),
+        IntSpec::Int(n) if *n < 0 => err(field, format!("{n} is negative: {hint}")),
+        IntSpec::Int(n) => err(
+            field,
+            format!("1-in-{n} is more than this build samples (at most 1-in-{MAX_SAMPLE_ONE_IN})"),
+        ),
+        IntSpec::Float(_) => err(field, format!("{v} is not a whole number: {hint}")),
+    }
+}
+
+/// `rate_limit.pps` / `rate_limit.bps`: 0 (unlimited) or a whole number
+/// 1..=max of `unit`s per second.
+fn check_rate(
+    field: &str,
+    v: &IntSpec,
+    unit: &str,
+    max: u64,
+    err: &mut impl FnMut(String, String),
+) {
+    let hint =
+        format!("use a whole number of {unit}s per second from 1 to {max}, or 0 for no limit");
+    let x = v.as_f64();
+    match v {
+        IntSpec::Int(n) if *n >= 0 && *n <= max as i128 => {}
+        IntSpec::Int(n) if *n < 0 => err(field.into(), format!("{n} is negative: {hint}")),
+        IntSpec::Int(n) => err(
+            field.into(),
+            format!("{n} {unit}s per second is more than this build limits to: {hint}"),
+        ),
+        IntSpec::Float(_) if x > 0.0 && x < 1.0 => err(
+            field.into(),
+            format!(
+                "{v}: a rate below 1 {unit} per second cannot be set (rates are whole numbers); {hint}"
+            ),
+        ),
+        IntSpec::Float(_) if x < 0.0 => err(field.into(), format!("{v} is negative: {hint}")),
+        IntSpec::Float(_) => err(field.into(), format!("{v} is not a whole number: {hint}")),
+    }
 }
 
 fn describe_output(interface: &str, vlan: Option<u32>) -> String {

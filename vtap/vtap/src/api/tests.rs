@@ -568,8 +568,13 @@ fn stats_and_metrics_in_both_formats() {
 
 #[test]
 fn a_change_that_cannot_be_persisted_is_503_and_changes_nothing() {
-    let Some(e) = env(Auth::default()) else { return };
-    assert_eq!(e.put("/api/v1/policies/a", &policy("a", 1)).status, StatusCode::CREATED);
+    let Some(e) = env(Auth::default()) else {
+        return;
+    };
+    assert_eq!(
+        e.put("/api/v1/policies/a", &policy("a", 1)).status,
+        StatusCode::CREATED
+    );
     let before = e.get("/api/v1/policies/a").json()["etag"].clone();
     // The policy directory becomes unusable (a file where the directory was).
     let dir = e.dir.join("policies");
@@ -578,7 +583,11 @@ fn a_change_that_cannot_be_persisted_is_503_and_changes_nothing() {
     let r = e.put("/api/v1/policies/a", &policy("a", 2));
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
     let body = r.error();
-    assert!(!body["error"].as_str().unwrap().contains("os error"), "internal detail leaked: {}", r.text);
+    assert!(
+        !body["error"].as_str().unwrap().contains("os error"),
+        "internal detail leaked: {}",
+        r.text
+    );
     let r = e.put("/api/v1/policies/b", &policy("b", 3));
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     // The running set is unchanged.
