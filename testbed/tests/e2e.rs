@@ -666,9 +666,10 @@ fn sighup_reload_and_broken_file() {
         ("broken.yaml", "version: 1\nname: broken\ntaps: [vm1-tap]\ndirection: both\noutputs:\n  - interface: mon0\n    vlan: 5000\n"),
     ])
     .unwrap();
-    d.reload().unwrap();
-    // The rejection is logged (naming the file or at least the policy).
+    // The rejection is logged (naming the file or at least the policy);
+    // measure the log before the signal: the daemon may answer at once.
     let log_before = d.log().len();
+    d.reload().unwrap();
     let reported = wait_until(Duration::from_secs(10), || {
         d.log()[log_before..].contains("broken")
     });
