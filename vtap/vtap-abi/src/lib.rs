@@ -503,10 +503,13 @@ pod!(
     Parse,
 );
 
+/// One struct's layout: (C struct name, size, [(field, offset)]).
+pub type Layout = (&'static str, usize, Vec<(&'static str, usize)>);
+
 /// Layout facts the `abi_layout` test compares with BTF: (C struct name, size,
 /// [(field, offset)]). `Parse` joins when the datapath publishes it to probes
 /// (only types used by maps or globals are in the object's BTF).
-pub fn layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize)>)> {
+pub fn layouts() -> Vec<Layout> {
     use std::mem::{offset_of, size_of};
     macro_rules! l {
         ($c:literal, $t:ty, [$($f:ident),*]) => {

@@ -397,13 +397,14 @@ impl Engine {
             }
         }
         for key in compiled.outputs.values() {
-            if !links.contains_key(&key.interface) {
-                if missing.insert(key.interface.clone()) && !self.missing.contains(&key.interface) {
-                    tracing::warn!(
-                        iface = %key.interface,
-                        "output interface does not exist; its copies are counted as output_down until it appears"
-                    );
-                }
+            if !links.contains_key(&key.interface)
+                && missing.insert(key.interface.clone())
+                && !self.missing.contains(&key.interface)
+            {
+                tracing::warn!(
+                    iface = %key.interface,
+                    "output interface does not exist; its copies are counted as output_down until it appears"
+                );
             }
         }
         for name in self

@@ -316,10 +316,10 @@ impl Datapath {
     /// Detaches the program of `dir` from `iface`. A link whose interface is
     /// gone is already detached by the kernel; that is not an error.
     pub fn detach(&mut self, iface: &str, dir: Dir) -> Result<(), DatapathError> {
-        if let Some(link) = self.links.remove(&(iface.to_string(), dir)) {
-            if let Err(e) = self.program_mut(dir).detach(link) {
-                tracing::debug!(iface, dir = dir.as_str(), error = %e, "detach");
-            }
+        if let Some(link) = self.links.remove(&(iface.to_string(), dir))
+            && let Err(e) = self.program_mut(dir).detach(link)
+        {
+            tracing::debug!(iface, dir = dir.as_str(), error = %e, "detach");
         }
         Ok(())
     }

@@ -20,24 +20,26 @@ const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 
 /// `union bpf_attr` is 144+ bytes; every command reads a prefix of it.
 #[repr(C, align(8))]
-struct Attr([u8; 160]);
+pub(crate) struct Attr([u8; 160]);
 
 impl Attr {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Attr([0; 160])
     }
-    fn put_u32(&mut self, off: usize, v: u32) {
+    pub(crate) fn put_u32(&mut self, off: usize, v: u32) {
         self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
     }
-    fn put_u64(&mut self, off: usize, v: u64) {
+    pub(crate) fn put_u64(&mut self, off: usize, v: u64) {
         self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
     }
-    fn get_u32(&self, off: usize) -> u32 {
+    pub(crate) fn get_u32(&self, off: usize) -> u32 {
         u32::from_ne_bytes(self.0[off..off + 4].try_into().unwrap())
     }
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+/// Issues one `bpf(2)` command. Callers must store in `attr` only pointers
+/// to live buffers of the lengths the kernel reads or writes for `cmd`.
+pub(crate) fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     // SAFETY: attr is a valid, zero-initialised bpf_attr of sufficient size;
     // every pointer stored in it refers to a live buffer of the length the
     // kernel will read or write for this command (checked by the callers).

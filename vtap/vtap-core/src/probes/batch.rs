@@ -695,49 +695,10 @@ fn pop_all(fd: BorrowedFd<'_>, g: &Geometry) -> Result<Entries> {
 
 // ------------------------------------------------------- raw syscall seam
 
-/// `union bpf_attr` (the same prefix-of-160-bytes shape as `datapath::sys`).
-#[repr(C, align(8))]
-struct Attr([u8; 160]);
-
-impl Attr {
-    fn new() -> Self {
-        Attr([0; 160])
-    }
-    fn put_u32(&mut self, off: usize, v: u32) {
-        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-    }
-    fn put_u64(&mut self, off: usize, v: u64) {
-        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
-    }
-    fn get_u32(&self, off: usize) -> u32 {
-        u32::from_ne_bytes([
-            self.0[off],
-            self.0[off + 1],
-            self.0[off + 2],
-            self.0[off + 3],
-        ])
-    }
-}
-
-fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
-    // SAFETY: attr is a valid, zero-initialised bpf_attr of sufficient size;
-    // every pointer stored in it refers to a live buffer at least as long as
-    // what the kernel writes for this command on this map (checked by the
-    // wrappers below against sizes the kernel reported for the map).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut Attr as *mut libc::c_void,
-            std::mem::size_of::<Attr>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
+// `union bpf_attr` and the syscall itself are `datapath::sys`'s (the one
+// seam); the wrappers below add the commands that seam does not need. Each
+// stores only pointers to buffers sized from what the kernel reported.
+use crate::datapath::sys::{Attr, bpf};
 
 fn too_small(what: &str) -> io::Error {
     io::Error::new(
