@@ -41,13 +41,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
-use vtap_testbed::cmd::{self, SHORT};
+use vtap_testbed::cmd::{self};
+
+mod common;
+use common::*;
 use vtap_testbed::netns::spawn_in_netns;
 use vtap_testbed::{Metrics, Options, Testbed, vtap_bin};
 
@@ -58,17 +60,8 @@ const GEN_CPU: usize = 0;
 const LIMIT_PPS: u64 = 10_000;
 const DISTURBED_PCT: f64 = 10.0;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 extern "C" fn on_signal(_sig: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted by a signal");
-    }
-    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,15 +190,6 @@ fn foreign_ticks(ours: &[u64]) -> u64 {
     total
 }
 
-fn netns_inodes(tb: &Testbed) -> Vec<u64> {
-    use std::os::unix::fs::MetadataExt;
-    tb.namespaces()
-        .iter()
-        .filter_map(|ns| std::fs::metadata(format!("/run/netns/{ns}")).ok())
-        .map(|m| m.ino())
-        .collect()
-}
-
 fn hz() -> f64 {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
@@ -237,12 +221,6 @@ fn wait_quiet(ours: &[u64], max_pct: f64, bound: Duration) -> (f64, f64) {
 
 // ---------------------------------------------------------------------------
 // Configurations.
-
-fn tc(tb: &Testbed, args: &[&str]) -> Result<cmd::Output> {
-    let mut c = Command::new("tc");
-    c.arg("-n").arg(&tb.host_ns).args(args);
-    cmd::run_ok(&mut c, SHORT)
-}
 
 fn mirred_add(tb: &Testbed) -> Result<()> {
     tc(tb, &["qdisc", "add", "dev", TAP, "clsact"])?;
@@ -420,20 +398,6 @@ fn run_one(
 // ---------------------------------------------------------------------------
 // Report.
 
-fn median(v: &[f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    Some(if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    })
-}
-
 fn num(v: &Value, path: &[&str]) -> Option<f64> {
     let mut cur = v;
     for p in path {
@@ -554,11 +518,6 @@ fn summarize(runs: &[Value]) -> (Value, String) {
 // ---------------------------------------------------------------------------
 // Set-up.
 
-fn workspace_root() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    p.canonicalize().unwrap_or(p)
-}
-
 /// VTAP_BIN, else target/release/vtap, else the debug build (with a
 /// warning); exported as VTAP_BIN for the testbed library.
 fn choose_vtap_bin() -> Result<PathBuf> {
@@ -584,21 +543,6 @@ fn choose_vtap_bin() -> Result<PathBuf> {
         );
     }
     Ok(bin)
-}
-
-fn env_num(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn shell(program: &str, args: &[&str]) -> String {
-    cmd::run(Command::new(program).args(args), SHORT)
-        .map(|o| o.stdout.trim().to_string())
-        .unwrap_or_default()
 }
 
 fn main() -> std::process::ExitCode {

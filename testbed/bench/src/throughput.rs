@@ -45,12 +45,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 use vtap_testbed::cmd::{self, SHORT};
+
+mod common;
+use common::*;
 use vtap_testbed::{Metrics, Options, Testbed, vtap_bin};
 
 const POLICY: &str =
@@ -61,17 +64,8 @@ const TAP: &str = "vm1-tap";
 /// share (%) of the machine is marked disturbed and repeated once.
 const DISTURBED_PCT: f64 = 10.0;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 extern "C" fn on_signal(_sig: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted by a signal");
-    }
-    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,16 +259,6 @@ fn foreign_ticks(ours: &[u64]) -> u64 {
         total += ut + stt;
     }
     total
-}
-
-/// nsfs inode numbers of the testbed's namespaces.
-fn netns_inodes(tb: &Testbed) -> Vec<u64> {
-    use std::os::unix::fs::MetadataExt;
-    tb.namespaces()
-        .iter()
-        .filter_map(|ns| std::fs::metadata(format!("/run/netns/{ns}")).ok())
-        .map(|m| m.ino())
-        .collect()
 }
 
 /// Share (percent of the whole machine) of CPU used by foreign processes
@@ -479,12 +463,6 @@ fn is_clean(state: &Value) -> bool {
     state["clsact"] == json!(false)
         && state["tcx_ingress"] == json!(0)
         && state["tcx_egress"] == json!(0)
-}
-
-fn tc(tb: &Testbed, args: &[&str]) -> Result<cmd::Output> {
-    let mut c = Command::new("tc");
-    c.arg("-n").arg(&tb.host_ns).args(args);
-    cmd::run_ok(&mut c, SHORT)
 }
 
 /// Action indexes of the two mirred actions (ingress, egress), set
@@ -959,20 +937,6 @@ fn run_one(
 // ---------------------------------------------------------------------------
 // Statistics and report.
 
-fn median(v: &[f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    Some(if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    })
-}
-
 fn f(v: &Value, path: &[&str]) -> Option<f64> {
     let mut cur = v;
     for p in path {
@@ -1128,11 +1092,6 @@ fn summarize(regime: Regime, runs: &[Value]) -> (Value, String) {
 // ---------------------------------------------------------------------------
 // Set-up.
 
-fn workspace_root() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    p.canonicalize().unwrap_or(p)
-}
-
 fn newest_mtime(dir: &Path, newest: &mut Option<(SystemTime, PathBuf)>) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
@@ -1206,21 +1165,6 @@ fn choose_vtap_bin() -> Result<Value> {
         "older_than_source": stale,
         "note": note,
     }))
-}
-
-fn env_num(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn shell(program: &str, args: &[&str]) -> String {
-    cmd::run(Command::new(program).args(args), SHORT)
-        .map(|o| o.stdout.trim().to_string())
-        .unwrap_or_default()
 }
 
 fn main() -> std::process::ExitCode {
