@@ -91,6 +91,11 @@ pub fn http_request(
         Ok(v)
     })
     .with_context(|| what.clone())?;
+    parse_http_response(&raw, &what)
+}
+
+/// Parses a raw HTTP/1.1 response (status, headers, chunked or plain body).
+pub fn parse_http_response(raw: &[u8], what: &str) -> Result<HttpResponse> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -114,7 +119,7 @@ pub fn http_request(
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
     {
-        body = dechunk(&body).with_context(|| what.clone())?;
+        body = dechunk(&body).with_context(|| what.to_string())?;
     }
     Ok(HttpResponse {
         status,

@@ -81,31 +81,6 @@ impl Resp {
     }
 }
 
-fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let nl = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("bad chunk header"))?;
-        let size_s = std::str::from_utf8(&b[..nl])?
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim();
-        let size = usize::from_str_radix(size_s, 16)?;
-        b = &b[nl + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if b.len() < size {
-            bail!("truncated chunk");
-        }
-        out.extend_from_slice(&b[..size]);
-        b = b.get(size + 2..).unwrap_or(&[]);
-    }
-}
-
 /// One HTTP/1.1 request (`Connection: close`) with extra headers, from a
 /// thread inside network namespace `ns`; times are taken inside that thread
 /// around the exchange itself.
@@ -146,40 +121,11 @@ fn http(
         Ok((v, t0, now_ns()))
     })
     .with_context(|| what.clone())?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| {
-            anyhow!(
-                "{what}: no end of HTTP header in {:?}",
-                String::from_utf8_lossy(&raw)
-            )
-        })?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status_line = lines.next().unwrap_or("");
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("{what}: bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        })
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
-    {
-        body = dechunk(&body).with_context(|| what.clone())?;
-    }
+    let r = vtap_testbed::daemon::parse_http_response(&raw, &what)?;
     Ok(Resp {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        status: r.status,
+        headers: r.headers,
+        body: r.body,
         sent_ns,
         recv_ns,
     })
