@@ -109,6 +109,15 @@ PERCPU_ARRAY_MAP(vtap_output_stats, VTAP_MAX_POLICIES * VTAP_MAX_OUTPUTS, struct
 PERCPU_ARRAY_MAP(vtap_policy_drops, VTAP_MAX_POLICIES, struct vtap_policy_drops);
 PERCPU_ARRAY_MAP(vtap_copy_stats, VTAP_MAX_OUTPUTS, struct vtap_copy_stats);
 
+PERCPU_ARRAY_MAP(vtap_capture_stats, VTAP_MAX_OUTPUTS, struct vtap_capture_stats);
+
+/* Pcap records for user space (struct vtap_pcap_rec + packet bytes). User
+ * space sets the size at load time (--capture-ring-mib). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 24);
+} vtap_pcap_ring SEC(".maps");
+
 /* Token buckets of the rate-limited policies, one per policy slot, shared by
  * every CPU (a struct bpf_spin_lock in the value). */
 ARRAY_MAP(vtap_rate, VTAP_MAX_POLICIES, struct vtap_rate_state);
@@ -584,9 +593,129 @@ static long account_policy(__u64 i, void *arg)
 	return 0;
 }
 
-/* Sends one copy to every wanted output. The original leaves unchanged:
- * a pushed tag is always popped again before we return. */
-static __always_inline void send_copies(struct __sk_buff *skb, struct fire_ctx *c)
+
+/* ------------------------------------------------------------ pcap sink
+ *
+ * A pcap output reserves one ring-buffer record: the header and the first
+ * cap_len = min(snaplen, packet length) bytes. bpf_ringbuf_reserve needs a
+ * constant size, so the record is rounded up to a size class; the smallest
+ * class that holds cap_len is used, so a 64-byte snaplen costs 128 bytes of
+ * ring, not 9 KiB. No room → VTAP_DROP_RING_FULL, counted per capture and
+ * per policy; the packet itself is untouched. */
+
+#define PCAP_CLASS(N)                                                                  \
+	if (cap <= (N)) {                                                              \
+		struct vtap_pcap_rec *r =                                              \
+			bpf_ringbuf_reserve(&vtap_pcap_ring, sizeof(*r) + (N), 0);     \
+		if (!r)                                                                \
+			goto full;                                                     \
+		*r = *hdr;                                                             \
+		__u32 n = cap;                                                         \
+		asm volatile("" : "+r"(n));                                            \
+		if (n > (N))                                                           \
+			n = (N);                                                       \
+		if (n < 1 || bpf_skb_load_bytes(skb, 0, (void *)(r + 1), n) != 0)     \
+			n = 0;                                                         \
+		r->cap_len = n;                                                        \
+		bpf_ringbuf_submit(r, 0);                                              \
+		goto done;                                                             \
+	}
+
+/* Emits one record for hdr->output (hdr->cap_len = wanted caplen). A global
+ * function: verified once, whatever the number of paths into it. Returns 0
+ * or VTAP_DROP_RING_FULL. */
+__noinline int vtap_pcap_emit(struct __sk_buff *skb, struct vtap_pcap_rec *hdr)
+{
+	if (!skb || !hdr)
+		return VTAP_DROP_RING_FULL;
+	__u32 cap = hdr->cap_len;
+	__u32 o = hdr->output & (VTAP_MAX_OUTPUTS - 1);
+	struct vtap_capture_stats *st = bpf_map_lookup_elem(&vtap_capture_stats, &o);
+
+	PCAP_CLASS(64)
+	PCAP_CLASS(128)
+	PCAP_CLASS(256)
+	PCAP_CLASS(512)
+	PCAP_CLASS(1024)
+	PCAP_CLASS(1536)
+	PCAP_CLASS(2048)
+	PCAP_CLASS(4096)
+	PCAP_CLASS(VTAP_PCAP_MAX_CAPLEN)
+full:
+	if (st)
+		st->ring_full++;
+	return VTAP_DROP_RING_FULL;
+done:
+	if (st) {
+		st->packets++;
+		st->bytes += hdr->orig_len;
+		st->cap_bytes += cap;
+	}
+	return 0;
+}
+
+/* One output of the packet. A global function: the verifier checks it
+ * once, not once per iteration and path of the send loop (the main program
+ * is close to the verifier's budget). Returns VTAP_DROP_REASONS when the
+ * copy was delivered, else the reason it was not. The original leaves
+ * unchanged: a pushed tag is always popped again.
+ *   gen_dir_o = gen << 16 | dir << 8 | output id
+ *   live = the firing policies that were not sampled or rate-limited out */
+__noinline int vtap_send_output(struct __sk_buff *skb, __u32 gen_dir_o,
+				const struct vtap_bitmap *live)
+{
+	if (!skb || !live)
+		return VTAP_DROP_CLONE_FAILED;
+	__u32 o = gen_dir_o & (VTAP_MAX_OUTPUTS - 1);
+	__u32 dir = (gen_dir_o >> 8) & 1;
+	__u32 gen = (gen_dir_o >> 16) & 1;
+	__u32 oidx = gen * VTAP_MAX_OUTPUTS + o;
+	struct vtap_output *out = bpf_map_lookup_elem(&vtap_outputs, &oidx);
+	if (!out)
+		return VTAP_DROP_OUTPUT_DOWN;
+
+	if (out->kind == VTAP_OUT_PCAP) {
+		/* The record names the live policies that name this capture. */
+		struct vtap_pcap_rec hdr = {};
+		__u32 snap = out->snaplen;
+		if (snap == 0 || snap > VTAP_PCAP_MAX_CAPLEN)
+			snap = VTAP_PCAP_MAX_CAPLEN;
+		hdr.ts_ns = bpf_ktime_get_ns();
+		hdr.orig_len = skb->len;
+		hdr.cap_len = skb->len < snap ? skb->len : snap;
+		hdr.ifindex = skb->ifindex;
+		hdr.dir = dir;
+		hdr.output = o;
+#pragma unroll
+		for (int w = 0; w < VTAP_BITMAP_WORDS; w++)
+			hdr.policies.w[w] = live->w[w] & out->policies.w[w];
+		return vtap_pcap_emit(skb, &hdr) ? VTAP_DROP_RING_FULL : VTAP_DROP_REASONS;
+	}
+
+	__u32 ifindex = out->ifindex;
+	__u16 vlan = out->vlan;
+	if (out->kind != VTAP_OUT_IFACE || ifindex == 0)
+		return VTAP_DROP_OUTPUT_DOWN;
+	if (vlan && bpf_skb_vlan_push(skb, bpf_htons(ETH_P_8021Q), vlan) != 0)
+		return VTAP_DROP_VLAN_FAILED;
+	long r = bpf_clone_redirect(skb, ifindex, 0);
+	if (vlan)
+		bpf_skb_vlan_pop(skb);
+	/* < 0: the copy was not made or not handed to the device (-ENETDOWN:
+	 * the device is down); > 0: the device's queue dropped it
+	 * (NET_XMIT_DROP/CN). */
+	if (r == -ENETDOWN)
+		return VTAP_DROP_OUTPUT_DOWN;
+	if (r > 0)
+		return VTAP_DROP_XMIT_DROPPED;
+	if (r < 0)
+		return VTAP_DROP_CLONE_FAILED;
+	return VTAP_DROP_REASONS;
+}
+
+/* Sends one copy to every wanted output and counts it per output. */
+static __always_inline void send_copies(struct __sk_buff *skb, struct fire_ctx *c,
+					const struct vtap_bitmap *live)
 {
 	__u64 want = c->want;
 
@@ -597,30 +726,7 @@ static __always_inline void send_copies(struct __sk_buff *skb, struct fire_ctx *
 		__u64 b = want & -want;
 		want ^= b;
 		__u32 o = bit_index(b);
-		__u32 oidx = c->gen * VTAP_MAX_OUTPUTS + o;
-		struct vtap_output *out = bpf_map_lookup_elem(&vtap_outputs, &oidx);
-		__u32 ifindex = out ? out->ifindex : 0;
-		__u16 vlan = out ? out->vlan : 0;
-		__u8 reason = VTAP_DROP_REASONS;
-
-		if (!out || out->kind != VTAP_OUT_IFACE || ifindex == 0) {
-			reason = VTAP_DROP_OUTPUT_DOWN;
-		} else if (vlan && bpf_skb_vlan_push(skb, bpf_htons(ETH_P_8021Q), vlan) != 0) {
-			reason = VTAP_DROP_VLAN_FAILED;
-		} else {
-			long r = bpf_clone_redirect(skb, ifindex, 0);
-			if (vlan)
-				bpf_skb_vlan_pop(skb);
-			/* < 0: the copy was not made or not handed to the device
-			 * (-ENETDOWN: the device is down); > 0: the device's queue
-			 * dropped it (NET_XMIT_DROP/CN). */
-			if (r == -ENETDOWN)
-				reason = VTAP_DROP_OUTPUT_DOWN;
-			else if (r > 0)
-				reason = VTAP_DROP_XMIT_DROPPED;
-			else if (r < 0)
-				reason = VTAP_DROP_CLONE_FAILED;
-		}
+		int reason = vtap_send_output(skb, c->gen << 16 | c->dir << 8 | o, live);
 
 		__u32 cidx = o;
 		struct vtap_copy_stats *cs = bpf_map_lookup_elem(&vtap_copy_stats, &cidx);
@@ -702,14 +808,15 @@ static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
 		bpf_loop(n, visit_policy, &c, 0);
 	}
 
-	if (c.want)
-		send_copies(skb, &c);
-
-	c.left = fired;
 	/* Policies that sampled or rate-limited the packet have no copies. */
+	c.left = fired;
 #pragma unroll
 	for (int w = 0; w < VTAP_BITMAP_WORDS; w++)
 		c.left.w[w] &= ~c.shaped_out.w[w];
+	if (c.want) {
+		struct vtap_bitmap live = c.left;
+		send_copies(skb, &c, &live);
+	}
 	if (n <= 2) {
 		account_policy(0, &c);
 		if (n == 2)

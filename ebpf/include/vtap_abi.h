@@ -41,6 +41,9 @@
 #define VTAP_MAX_ETHER_TYPES 1024 /* ether_type entries (both generations) */
 #define VTAP_PORTS 65536
 #define VTAP_NO_OUTPUT 0xff /* unused entry of vtap_policy_action.out_ids */
+/* Largest capture of one packet (pcap outputs): a 9000-byte jumbo frame
+ * with its Ethernet header and two VLAN tags fits whole. */
+#define VTAP_PCAP_MAX_CAPLEN 9216
 
 /* Direction of a packet relative to the VM behind the tapped interface. */
 enum vtap_dir {
@@ -70,7 +73,7 @@ enum vtap_drop_reason {
 	VTAP_DROP_VLAN_FAILED = 2, /* the 802.1Q tag could not be pushed */
 	VTAP_DROP_SAMPLED = 3, /* not selected by 1-in-N sampling (per packet) */
 	VTAP_DROP_RATE_LIMITED = 4, /* over the policy's pps/bps limit (per packet) */
-	VTAP_DROP_RING_FULL = 5, /* reserved: pcap ring buffer full */
+	VTAP_DROP_RING_FULL = 5, /* pcap output: no room in the ring buffer */
 	VTAP_DROP_XMIT_DROPPED = 6, /* cloned, but the output's queue dropped it */
 	VTAP_DROP_REASONS = 8,
 };
@@ -79,6 +82,7 @@ enum vtap_drop_reason {
 enum vtap_output_kind {
 	VTAP_OUT_NONE = 0,
 	VTAP_OUT_IFACE = 1, /* clone-redirect to ifindex, optional 802.1Q tag */
+	VTAP_OUT_PCAP = 2, /* a record in vtap_pcap_ring (a pcap capture) */
 };
 
 /* Parse flags (vtap_parse.flags). */
@@ -210,7 +214,7 @@ struct vtap_policy_action {
 	__u64 outputs; /* bitmap of output ids */
 	__u8 out_ids[VTAP_MAX_POLICY_OUTPUTS]; /* the same ids, VTAP_NO_OUTPUT = unused */
 	__u32 sample_one_in; /* keep 1 packet in N (1 = every packet) */
-	__u32 snaplen; /* reserved (0) */
+	__u32 snaplen; /* bytes to capture (pcap outputs), 0 = all */
 	__u64 rate_pps; /* packets per second, 0 = no packet limit */
 	__u64 rate_bps; /* bits per second, 0 = no bit limit */
 	__u32 shape; /* enum vtap_shape_flags */
@@ -240,8 +244,25 @@ struct vtap_output {
 	__u16 vlan; /* 802.1Q VID to push, 0 = none */
 	__u8 kind; /* enum vtap_output_kind */
 	__u8 _pad;
+	__u32 snaplen; /* pcap: bytes to keep, 1..VTAP_PCAP_MAX_CAPLEN */
+	__u32 _pad2;
+	struct vtap_bitmap policies; /* pcap: the policies naming this capture */
 };
-_Static_assert(sizeof(struct vtap_output) == 8, "vtap_output size");
+_Static_assert(sizeof(struct vtap_output) == 48, "vtap_output size");
+
+/* One record of vtap_pcap_ring (BPF_MAP_TYPE_RINGBUF), followed by cap_len
+ * packet bytes (the reservation is rounded up to a size class). */
+struct vtap_pcap_rec {
+	__u64 ts_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__u32 orig_len; /* skb->len / frame length */
+	__u32 cap_len; /* bytes that follow, <= orig_len */
+	__u32 ifindex;
+	__u8 dir; /* enum vtap_dir */
+	__u8 output; /* output id of the capture */
+	__u16 _pad;
+	struct vtap_bitmap policies; /* the firing policies that sent it here */
+};
+_Static_assert(sizeof(struct vtap_pcap_rec) == 56, "vtap_pcap_rec size");
 
 /* --- counters (per-CPU, summed by user space; not generational) --------- */
 
@@ -285,6 +306,15 @@ struct vtap_copy_stats {
 	__u64 failed;
 };
 _Static_assert(sizeof(struct vtap_copy_stats) == 16, "vtap_copy_stats size");
+
+/* vtap_capture_stats: per-CPU array indexed by output id (pcap outputs). */
+struct vtap_capture_stats {
+	__u64 packets; /* records submitted to the ring */
+	__u64 bytes; /* their original lengths */
+	__u64 cap_bytes; /* their captured lengths */
+	__u64 ring_full; /* records that found no room */
+};
+_Static_assert(sizeof(struct vtap_capture_stats) == 32, "vtap_capture_stats size");
 
 /* The parse result of one packet: what the classifier looks at. Also the
  * record the tap shares with probes (parse once). Offsets are from the start

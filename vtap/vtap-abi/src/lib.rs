@@ -28,6 +28,8 @@ pub const MAX_CIDRS: u32 = 16384;
 pub const MAX_ETHER_TYPES: u32 = 1024;
 /// Entries of a port table per generation.
 pub const PORTS: usize = 65536;
+/// Largest capture of one packet (pcap outputs).
+pub const PCAP_MAX_CAPLEN: u32 = 9216;
 /// Unused entry of [`PolicyAction::out_ids`].
 pub const NO_OUTPUT: u8 = 0xff;
 /// `GenConfig::flags`: some policy is bidirectional.
@@ -112,6 +114,7 @@ pub mod drop_reason {
 pub mod output_kind {
     pub const NONE: u8 = 0;
     pub const IFACE: u8 = 1;
+    pub const PCAP: u8 = 2;
 }
 
 /// Parse flags (`enum vtap_parse_flags`).
@@ -380,6 +383,49 @@ pub struct Output {
     pub kind: u8,
     /// Zero.
     pub _pad: u8,
+    /// Pcap: bytes to keep, 1..=[`PCAP_MAX_CAPLEN`].
+    pub snaplen: u32,
+    /// Zero.
+    pub _pad2: u32,
+    /// Pcap: the enabled policies naming this capture.
+    pub policies: Bitmap,
+}
+
+/// `struct vtap_pcap_rec`: header of one ring-buffer record; `cap_len`
+/// packet bytes follow it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PcapRec {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Packet length.
+    pub orig_len: u32,
+    /// Bytes that follow.
+    pub cap_len: u32,
+    /// Interface index.
+    pub ifindex: u32,
+    /// [`Dir`] as u8.
+    pub dir: u8,
+    /// Output id of the capture.
+    pub output: u8,
+    /// Zero.
+    pub _pad: u16,
+    /// The firing policies that sent the packet to this capture.
+    pub policies: Bitmap,
+}
+
+/// `struct vtap_capture_stats` (per CPU, indexed by output id).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// Records submitted to the ring.
+    pub packets: u64,
+    /// Their original lengths.
+    pub bytes: u64,
+    /// Their captured lengths.
+    pub cap_bytes: u64,
+    /// Records that found no room in the ring.
+    pub ring_full: u64,
 }
 
 /// `struct vtap_tap_stats`.
@@ -500,6 +546,8 @@ pod!(
     OutputStats,
     PolicyDrops,
     CopyStats,
+    PcapRec,
+    CaptureStats,
     Parse,
 );
 
@@ -558,7 +606,21 @@ pub fn layouts() -> Vec<Layout> {
             RateState,
             [lock, _pad, pkts, bits, last_ns]
         ),
-        l!("vtap_output", Output, [ifindex, vlan, kind, _pad]),
+        l!(
+            "vtap_output",
+            Output,
+            [ifindex, vlan, kind, _pad, snaplen, _pad2, policies]
+        ),
+        l!(
+            "vtap_pcap_rec",
+            PcapRec,
+            [ts_ns, orig_len, cap_len, ifindex, dir, output, _pad, policies]
+        ),
+        l!(
+            "vtap_capture_stats",
+            CaptureStats,
+            [packets, bytes, cap_bytes, ring_full]
+        ),
         l!(
             "vtap_tap_stats",
             TapStats,

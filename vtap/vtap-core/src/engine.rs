@@ -20,13 +20,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use vtap_abi::{
-    Bitmap, CopyStats, Dir, GEN_ANY_BIDIR, GenConfig, LENS_LPM, MAX_LENS, MAX_OUTPUTS,
+    Bitmap, CaptureStats, CopyStats, Dir, GEN_ANY_BIDIR, GenConfig, LENS_LPM, MAX_LENS, MAX_OUTPUTS,
     MAX_POLICIES, NO_OUTPUT, Output, OutputStats, PolicyAction, PolicyDrops, PolicyStats, TapSel,
     cidr_table, output_kind,
 };
 
 use crate::datapath::reconcile::{Image, Reconciler};
-use crate::datapath::{Datapath, DatapathError, stats};
+use crate::capture::sink::Captures;
+use crate::datapath::{Datapath, DatapathError, LoadOptions, stats};
 use crate::netlink::Links;
 use crate::policy::compile::{Assignment, CompiledSet, OutputKey, compile};
 use crate::policy::model::Policy;
@@ -45,6 +46,9 @@ pub enum EngineError {
     /// Compilation failed (an internal error: validated sets compile).
     #[error("compiling the policy set: {0}")]
     Compile(String),
+    /// A capture the set names could not be set up; nothing was changed.
+    #[error("capture: {0}")]
+    Capture(String),
 }
 
 /// The state of one interface that policies select.
@@ -108,7 +112,9 @@ pub struct Snapshot {
 
 /// The label of an output in metrics and logs.
 pub fn output_label(k: &OutputKey) -> String {
-    if k.vlan == 0 {
+    if let Some(c) = &k.capture {
+        format!("pcap:{c}")
+    } else if k.vlan == 0 {
         k.interface.clone()
     } else {
         format!("{}.{}", k.interface, k.vlan)
@@ -130,13 +136,20 @@ pub struct Engine {
     /// Interfaces attached on request (`PUT /api/v1/taps/{iface}`), with
     /// their directions, whatever the policies select.
     explicit: BTreeMap<String, BTreeSet<Dir>>,
+    /// Where pcap records go (None: pcap outputs' records are not read).
+    captures: Option<std::sync::Arc<Captures>>,
 }
 
 impl Engine {
     /// Loads the datapath; nothing is attached until policies are applied.
     pub fn new() -> Result<Self, EngineError> {
+        Self::with_options(LoadOptions::default())
+    }
+
+    /// [`Engine::new`] with datapath load options.
+    pub fn with_options(opts: LoadOptions) -> Result<Self, EngineError> {
         Ok(Engine {
-            dp: Datapath::load()?,
+            dp: Datapath::load_with(opts)?,
             rec: Reconciler::new(),
             policies: Vec::new(),
             assignment: Assignment::default(),
@@ -145,12 +158,41 @@ impl Engine {
             links: Links::new(),
             missing: BTreeSet::new(),
             explicit: BTreeMap::new(),
+            captures: None,
         })
     }
 
     /// The datapath (tests and benchmarks run programs through it).
     pub fn datapath(&self) -> &Datapath {
         &self.dp
+    }
+
+    /// The pcap ring buffer, for its one reader (None after the first call).
+    pub fn take_pcap_ring(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.dp.take_pcap_ring()
+    }
+
+    /// Output id → capture name, for the captures of the running set.
+    pub fn capture_ids(&self) -> BTreeMap<u8, String> {
+        capture_ids(&self.assignment)
+    }
+
+    /// Routes pcap records to `captures` from the next [`Engine::apply`] on.
+    pub fn set_captures(&mut self, captures: std::sync::Arc<Captures>) {
+        self.captures = Some(captures);
+    }
+
+    /// Datapath counters of each capture of the running set (by name).
+    pub fn capture_stats(&self) -> Result<BTreeMap<String, CaptureStats>, EngineError> {
+        let mut out = BTreeMap::new();
+        for (id, name) in self.capture_ids() {
+            let v: CaptureStats =
+                stats::sum_percpu_array(&self.dp, &self.dp.maps.capture_stats, [id as u32])?
+                    .remove(0)
+                    .1;
+            out.insert(name, v);
+        }
+        Ok(out)
     }
 
     /// The accepted policy set.
@@ -190,6 +232,26 @@ impl Engine {
         }
         for &o in &fresh_outputs {
             self.zero_output(o)?;
+        }
+        // Captures exist and are routed before the datapath can write a
+        // record for them.
+        if let Some(caps) = &self.captures {
+            let ids = capture_ids(&assignment);
+            let slots = assignment
+                .policy_slots
+                .iter()
+                .map(|(n, s)| (*s, n.clone()))
+                .collect();
+            let mut named: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for p in &policies {
+                for o in &p.outputs {
+                    if let crate::policy::model::Output::Pcap { pcap } = o {
+                        named.entry(pcap.clone()).or_default().push(p.name.clone());
+                    }
+                }
+            }
+            caps.sync(&ids, slots, named)
+                .map_err(EngineError::Capture)?;
         }
         self.activate(&compiled, links)?;
         self.policies = policies;
@@ -396,7 +458,7 @@ impl Engine {
                 }
             }
         }
-        for key in compiled.outputs.values() {
+        for key in compiled.outputs.values().filter(|k| k.capture.is_none()) {
             if !links.contains_key(&key.interface)
                 && missing.insert(key.interface.clone())
                 && !self.missing.contains(&key.interface)
@@ -439,6 +501,7 @@ impl Engine {
     fn zero_output(&self, o: u8) -> Result<(), DatapathError> {
         let m = &self.dp.maps;
         stats::zero_percpu::<CopyStats>(&self.dp, &m.copy_stats, o as u32)?;
+        stats::zero_percpu::<CaptureStats>(&self.dp, &m.capture_stats, o as u32)?;
         for s in 0..MAX_POLICIES as u32 {
             stats::zero_percpu::<OutputStats>(
                 &self.dp,
@@ -545,9 +608,17 @@ pub fn allocate(
     Ok((next, fresh_slots, fresh_outputs))
 }
 
-/// The (interface, vlan) outputs of a policy.
+/// Output id → capture name.
+fn capture_ids(a: &Assignment) -> BTreeMap<u8, String> {
+    a.output_ids
+        .iter()
+        .filter_map(|(k, id)| k.capture.clone().map(|c| (*id, c)))
+        .collect()
+}
+
+/// The outputs of a policy.
 pub fn output_keys(p: &Policy) -> Vec<OutputKey> {
-    p.interface_outputs()
+    p.output_keys()
 }
 
 /// Resolves a compiled set against the attached taps and live interfaces.
@@ -650,6 +721,15 @@ pub fn resolve_with(
         img.actions[slot as usize] = a;
     }
     for (&id, key) in &c.outputs {
+        if let Some(pc) = c.pcap.get(&id) {
+            img.outputs[id as usize] = Output {
+                kind: output_kind::PCAP,
+                snaplen: pc.snaplen,
+                policies: pc.policies,
+                ..Output::default()
+            };
+            continue;
+        }
         img.outputs[id as usize] = Output {
             // A missing or down output: 0, counted as output_down.
             ifindex: links
@@ -658,7 +738,7 @@ pub fn resolve_with(
                 .map_or(0, |l| l.ifindex),
             vlan: key.vlan,
             kind: output_kind::IFACE,
-            _pad: 0,
+            ..Output::default()
         };
     }
     let _ = (Bitmap::EMPTY, NO_OUTPUT);

@@ -9,6 +9,7 @@
 //! interfaces. [`engine::Engine`] is the one owner of kernel state;
 //! [`telemetry`] reads the per-CPU counters for `/metrics`.
 
+pub mod capture;
 pub mod datapath;
 pub mod engine;
 pub mod netlink;

@@ -62,7 +62,7 @@ fn accounts(h: &Harness) -> BTreeMap<String, Account> {
                 .unwrap();
         let d = h.drops(&p.name);
         let outputs = p
-            .interface_outputs()
+            .output_keys()
             .iter()
             .map(|k| {
                 let id = h.assignment.output_ids[k];

@@ -13,6 +13,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::signal::unix::{SignalKind, signal};
+use std::collections::BTreeMap;
+
+use vtap_core::capture::CaptureConfig;
+use vtap_core::capture::ring::RingReader;
+use vtap_core::capture::sink::Captures;
+use vtap_core::datapath::LoadOptions;
 use vtap_core::engine::{Engine, EngineError};
 use vtap_core::store::PolicyStore;
 
@@ -23,7 +29,7 @@ use crate::api::{AppState, Auth, Core};
 pub struct DaemonArgs {
     /// Daemon configuration file (YAML: listen, policies, state_dir,
     /// token_file, public_read, insecure, body_limit, request_timeout_ms,
-    /// refresh_ms, log_format).
+    /// refresh_ms, log_format, capture_ring_mib, capture_defaults, captures).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Address of the REST API and /metrics [default: 127.0.0.1:7470].
@@ -52,6 +58,10 @@ pub struct DaemonArgs {
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Size of the pcap ring buffer shared by all captures, in MiB (a power
+    /// of two) [default: 16].
+    #[arg(long)]
+    pub capture_ring_mib: Option<u32>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -69,6 +79,13 @@ struct ConfigFile {
     request_timeout_ms: Option<u64>,
     refresh_ms: Option<u64>,
     log_format: Option<String>,
+    capture_ring_mib: Option<u32>,
+    /// Settings of captures created by a policy that names them.
+    #[serde(default)]
+    capture_defaults: CaptureConfig,
+    /// Named captures with their own settings (created at start).
+    #[serde(default)]
+    captures: BTreeMap<String, CaptureConfig>,
 }
 
 /// The resolved configuration.
@@ -83,6 +100,9 @@ pub struct Config {
     pub request_timeout: Duration,
     pub refresh: Duration,
     pub log_json: bool,
+    pub capture_ring_bytes: u32,
+    pub capture_defaults: CaptureConfig,
+    pub captures: BTreeMap<String, CaptureConfig>,
 }
 
 fn config(args: &DaemonArgs) -> anyhow::Result<Config> {
@@ -133,6 +153,17 @@ fn config(args: &DaemonArgs) -> anyhow::Result<Config> {
             "refusing to listen on {listen} (not loopback) without --token-file; pass --insecure to do it anyway"
         );
     }
+    let ring_mib = args
+        .capture_ring_mib
+        .or(file.capture_ring_mib)
+        .unwrap_or(16);
+    if !ring_mib.is_power_of_two() || ring_mib > 1024 {
+        anyhow::bail!("capture_ring_mib must be a power of two from 1 to 1024, not {ring_mib}");
+    }
+    for name in file.captures.keys() {
+        vtap_core::capture::name::validate_capture_name(name)
+            .map_err(|e| anyhow::anyhow!("captures.{name}: {e}"))?;
+    }
     let body_limit = args.body_limit.or(file.body_limit).unwrap_or(1 << 20);
     if body_limit < 1024 {
         anyhow::bail!("body_limit must be at least 1024 bytes");
@@ -155,6 +186,9 @@ fn config(args: &DaemonArgs) -> anyhow::Result<Config> {
         ),
         refresh: Duration::from_millis(file.refresh_ms.unwrap_or(1000).clamp(50, 60_000)),
         log_json: log_format == "json",
+        capture_ring_bytes: ring_mib << 20,
+        capture_defaults: file.capture_defaults,
+        captures: file.captures,
     })
 }
 
@@ -231,8 +265,25 @@ pub async fn build_state(cfg: &Config) -> anyhow::Result<AppState> {
     let taps_file = cfg.state_dir.join("taps.json");
     let explicit = crate::api::load_explicit_taps(&taps_file)?;
     let links = vtap_core::netlink::list_links().await?;
-    let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
-        let mut engine = Engine::new()?;
+    let captures = Arc::new(
+        Captures::new(
+            &cfg.state_dir,
+            cfg.capture_defaults.clone(),
+            cfg.captures.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("captures: {e}"))?,
+    );
+    let opts = LoadOptions {
+        pcap_ring_bytes: cfg.capture_ring_bytes,
+    };
+    let caps = captures.clone();
+    let (engine, reader) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut engine = Engine::with_options(opts)?;
+        engine.set_captures(caps.clone());
+        let ring = engine
+            .take_pcap_ring()
+            .ok_or_else(|| anyhow::anyhow!("the pcap ring buffer is missing"))?;
+        let reader = RingReader::start(ring, caps)?;
         if !explicit.is_empty() {
             engine.set_explicit_taps(explicit, &links)?;
         }
@@ -240,7 +291,7 @@ pub async fn build_state(cfg: &Config) -> anyhow::Result<AppState> {
             log_engine_error("initial policy set rejected", &e);
             anyhow::bail!("initial policy set rejected: {e}");
         }
-        Ok(engine)
+        Ok((engine, reader))
     })
     .await??;
     tracing::info!(policies = engine.policies().len(), dir = %cfg.policies.display(), "policies active");
@@ -257,6 +308,8 @@ pub async fn build_state(cfg: &Config) -> anyhow::Result<AppState> {
         }),
         body_limit: cfg.body_limit,
         request_timeout: cfg.request_timeout,
+        captures,
+        ring_reader: Arc::new(Mutex::new(Some(reader))),
     };
     state.update_ready();
     Ok(state)
@@ -310,7 +363,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .engine
-            .shutdown()
+            .shutdown();
+        // Stop reading the ring, then close every capture file.
+        st.ring_reader.lock().unwrap_or_else(|p| p.into_inner()).take();
+        st.captures.shutdown();
     })
     .await?;
     tracing::info!("detached; bye");

@@ -47,6 +47,11 @@ enum Cmd {
     },
     /// Every counter: taps, policies, outputs.
     Stats,
+    /// Pcap captures: list with files and counters, stream live pcapng.
+    Capture {
+        #[command(subcommand)]
+        cmd: cli::capture::CaptureCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
         Cmd::Policy { cmd } => cli::finish(cli::policy::run(&ctx, cmd)),
         Cmd::Tap { cmd } => cli::finish(cli::tap::run(&ctx, cmd)),
         Cmd::Stats => cli::finish(cli::stats::run(&ctx)),
+        Cmd::Capture { cmd } => cli::finish(cli::capture::run(&ctx, cmd)),
     }
 }
 

@@ -10,11 +10,15 @@
 use vtap_abi::drop_reason;
 use vtap_core::engine::Engine;
 
+use crate::wire::CaptureInfo;
+
 /// Counter or gauge.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
     Counter,
     Gauge,
+    /// A gauge in seconds whose samples are microseconds.
+    GaugeMicros,
 }
 
 /// One metric family: `name` is the full sample name (`..._total` for
@@ -49,8 +53,8 @@ impl Family {
     }
 }
 
-/// Every family, from one snapshot.
-pub fn families(engine: &Engine) -> anyhow::Result<Vec<Family>> {
+/// Every family, from one snapshot of the datapath and the captures.
+pub fn families(engine: &Engine, captures: &[CaptureInfo]) -> anyhow::Result<Vec<Family>> {
     use Kind::*;
     let snap = engine.snapshot()?;
     let td = &["tap", "direction"];
@@ -171,7 +175,84 @@ pub fn families(engine: &Engine) -> anyhow::Result<Vec<Family>> {
     );
     flips.add(&[], engine.generation_flips());
 
+    let c = &["capture"];
+    let mut cap_packets = Family::new(
+        "vtap_capture_packets_total",
+        "Packets captured for a pcap capture (put in the ring buffer by the datapath).",
+        Counter,
+        c,
+    );
+    let mut cap_bytes = Family::new(
+        "vtap_capture_bytes_total",
+        "Original bytes of the packets captured for a pcap capture.",
+        Counter,
+        c,
+    );
+    let mut cap_written = Family::new(
+        "vtap_capture_written_packets_total",
+        "Packets written to a capture's pcapng files.",
+        Counter,
+        c,
+    );
+    let mut cap_written_b = Family::new(
+        "vtap_capture_written_bytes_total",
+        "Bytes written to a capture's pcapng files.",
+        Counter,
+        c,
+    );
+    let mut cap_lost = Family::new(
+        "vtap_capture_lost_packets_total",
+        "Packets of a capture not written to its files or not sent to a live subscriber, by reason (ring_full: lost for every consumer; file_error, stopped, writer_queue_full: files only; stream_lagged: one subscriber).",
+        Counter,
+        &["capture", "reason"],
+    );
+    let mut cap_lag = Family::new(
+        "vtap_capture_writer_lag_seconds",
+        "Delay between the capture of the last written packet and its write.",
+        GaugeMicros,
+        c,
+    );
+    let mut cap_error = Family::new(
+        "vtap_capture_file_error",
+        "1 when a capture's file output failed (e.g. disk full) and is being retried.",
+        Gauge,
+        c,
+    );
+    let mut cap_subs = Family::new(
+        "vtap_capture_stream_subscribers",
+        "Live stream subscribers of a capture.",
+        Gauge,
+        c,
+    );
+    for ci in captures {
+        let n = [ci.name.as_str()];
+        cap_packets.add(&n, ci.packets);
+        cap_bytes.add(&n, ci.bytes);
+        cap_written.add(&n, ci.written_packets);
+        cap_written_b.add(&n, ci.written_bytes);
+        for (r, v) in [
+            ("ring_full", ci.ring_full),
+            ("file_error", ci.not_written_error),
+            ("stopped", ci.not_written_stopped),
+            ("writer_queue_full", ci.writer_queue_full),
+            ("stream_lagged", ci.stream_lost),
+        ] {
+            cap_lost.add(&[ci.name.as_str(), r], v);
+        }
+        cap_lag.add(&n, (ci.writer_lag_seconds * 1e6) as u64);
+        cap_error.add(&n, (ci.state == "error") as u64);
+        cap_subs.add(&n, ci.subscribers);
+    }
+
     Ok(vec![
+        cap_packets,
+        cap_bytes,
+        cap_written,
+        cap_written_b,
+        cap_lost,
+        cap_lag,
+        cap_error,
+        cap_subs,
         tap_packets,
         tap_bytes,
         tap_trunc,
@@ -208,6 +289,14 @@ pub fn encode_text(fams: &[Family]) -> anyhow::Result<String> {
                 for (l, v) in &f.samples {
                     let l: Vec<&str> = l.iter().map(|s| s.as_str()).collect();
                     g.with_label_values(&l).set(*v as i64);
+                }
+                r.register(Box::new(g))?;
+            }
+            Kind::GaugeMicros => {
+                let g = prometheus::GaugeVec::new(opts, f.labels)?;
+                for (l, v) in &f.samples {
+                    let l: Vec<&str> = l.iter().map(|s| s.as_str()).collect();
+                    g.with_label_values(&l).set(*v as f64 / 1e6);
                 }
                 r.register(Box::new(g))?;
             }
@@ -256,6 +345,13 @@ pub fn encode_openmetrics(fams: &[Family]) -> anyhow::Result<String> {
                 let fam = PcFamily::<Labels, Gauge>::default();
                 for (l, v) in &f.samples {
                     fam.get_or_create(&label_set(l)).set(*v as i64);
+                }
+                r.register(f.name, help, fam);
+            }
+            Kind::GaugeMicros => {
+                let fam = PcFamily::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+                for (l, v) in &f.samples {
+                    fam.get_or_create(&label_set(l)).set(*v as f64 / 1e6);
                 }
                 r.register(f.name, help, fam);
             }

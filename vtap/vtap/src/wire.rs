@@ -202,3 +202,75 @@ pub struct Stats {
     /// Atomic policy-set switches since start.
     pub generation_flips: u64,
 }
+
+/// `GET /api/v1/captures`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct CaptureList {
+    /// Every capture (named by a policy, or configured).
+    pub captures: Vec<CaptureInfo>,
+}
+
+/// One capture: its files and every counter of its packets, from the
+/// datapath to the disk and the live streams.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct CaptureInfo {
+    /// Capture name.
+    pub name: String,
+    /// Policies of the running set that name it.
+    pub policies: Vec<String>,
+    /// File output: `idle` (no packet yet), `writing`, `stopped` (a stop
+    /// condition held), `error` (I/O failed, e.g. disk full: retried every
+    /// second), `disabled` (streaming only).
+    pub state: String,
+    /// The stop reason or the I/O error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_detail: Option<String>,
+    /// Directory of its files.
+    pub dir: String,
+    /// The file being written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+    /// Its files, oldest first.
+    pub files: Vec<CaptureFile>,
+    /// Packets the datapath put in the ring for it.
+    pub packets: u64,
+    /// Their original bytes.
+    pub bytes: u64,
+    /// Their captured bytes.
+    pub cap_bytes: u64,
+    /// Packets lost because the ring was full (also in
+    /// `vtap_policy_dropped_copies_total{reason="ring_full"}`).
+    pub ring_full: u64,
+    /// Packets read from the ring.
+    pub received: u64,
+    /// Packets written to files.
+    pub written_packets: u64,
+    /// Bytes written to files.
+    pub written_bytes: u64,
+    /// Packets not written because file output was in error.
+    pub not_written_error: u64,
+    /// Packets not written because a stop condition held.
+    pub not_written_stopped: u64,
+    /// Packets not written because the writer's queue was full.
+    pub writer_queue_full: u64,
+    /// Capture-to-disk delay of the last written packet, seconds.
+    pub writer_lag_seconds: f64,
+    /// Live subscribers now.
+    pub subscribers: u64,
+    /// Packets sent to live subscribers.
+    pub streamed: u64,
+    /// Packets live subscribers skipped because they fell behind.
+    pub stream_lost: u64,
+    /// Settings (rotation, stop conditions).
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+}
+
+/// One file of a capture.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct CaptureFile {
+    /// Path.
+    pub path: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}

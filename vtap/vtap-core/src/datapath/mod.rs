@@ -13,8 +13,8 @@ pub mod sys;
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
 
-use aya::Ebpf;
-use aya::maps::{Map, MapData};
+use aya::maps::{Map, MapData, RingBuf};
+use aya::{Ebpf, EbpfLoader};
 use aya::programs::tc::SchedClassifierLinkId;
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
 use vtap_abi::Dir;
@@ -162,6 +162,8 @@ pub struct Maps {
     pub output_stats: MapHandle,
     pub policy_drops: MapHandle,
     pub copy_stats: MapHandle,
+    /// Per pcap output id: records submitted, ring full (`vtap_capture_stats`).
+    pub capture_stats: MapHandle,
     /// Token buckets of rate-limited policies (`vtap_rate`, by slot).
     pub rate: MapHandle,
 }
@@ -186,12 +188,37 @@ pub struct Datapath {
     pub ncpus: usize,
     barrier: sys::RcuBarrier,
     links: BTreeMap<(String, Dir), SchedClassifierLinkId>,
+    pcap_ring: Option<RingBuf<MapData>>,
+}
+
+/// Load-time settings of the datapath.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Size of the pcap ring buffer in bytes (a power of two, at least a page).
+    pub pcap_ring_bytes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            pcap_ring_bytes: 16 << 20,
+        }
+    }
 }
 
 impl Datapath {
-    /// Loads the TC object and its two programs (does not attach).
+    /// Loads the TC object and its two programs (does not attach), with the
+    /// default [`LoadOptions`].
     pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = Ebpf::load(TC_OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
+        Self::load_with(LoadOptions::default())
+    }
+
+    /// Loads the TC object and its two programs (does not attach).
+    pub fn load_with(opts: LoadOptions) -> Result<Self, DatapathError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("vtap_pcap_ring", opts.pcap_ring_bytes)
+            .load(TC_OBJECT)
+            .map_err(|e| DatapathError::Load(Box::new(e)))?;
         for name in [PROG_INGRESS, PROG_EGRESS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -234,8 +261,16 @@ impl Datapath {
             output_stats: take("vtap_output_stats")?,
             policy_drops: take("vtap_policy_drops")?,
             copy_stats: take("vtap_copy_stats")?,
+            capture_stats: take("vtap_capture_stats")?,
             rate: take("vtap_rate")?,
         };
+        let ring = ebpf
+            .take_map("vtap_pcap_ring")
+            .ok_or(DatapathError::MissingMap("vtap_pcap_ring"))?;
+        let pcap_ring = RingBuf::try_from(ring).map_err(|e| DatapathError::Os {
+            what: "opening the pcap ring buffer",
+            source: std::io::Error::other(e.to_string()),
+        })?;
         let barrier =
             sys::RcuBarrier::new(maps.global.fd()).map_err(|source| DatapathError::Os {
                 what: "creating the RCU barrier map",
@@ -251,6 +286,7 @@ impl Datapath {
             ncpus,
             barrier,
             links: BTreeMap::new(),
+            pcap_ring: Some(pcap_ring),
         };
         dp.maps.global.update(
             &0u32,
@@ -260,6 +296,11 @@ impl Datapath {
             },
         )?;
         Ok(dp)
+    }
+
+    /// The pcap ring buffer, for its one reader (None after the first call).
+    pub fn take_pcap_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.pcap_ring.take()
     }
 
     /// The program for a direction (for attach, detach and test runs).

@@ -41,24 +41,50 @@ use std::fmt;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use serde_json::{Value, json};
-use vtap_abi::{Bitmap, Dir, MAX_OUTPUTS, MAX_POLICIES, field};
+use vtap_abi::{Bitmap, Dir, MAX_OUTPUTS, MAX_POLICIES, PCAP_MAX_CAPLEN, field};
 
 use super::model::{Direction, Policy};
 use super::shaping::Shaping;
 use super::validate::{FieldError, validate_set};
 
-/// An output as the datapath knows it: an interface and the VLAN id to push.
+/// An output as the datapath knows it: an interface and the VLAN id to push,
+/// or (with `capture` set, `interface` empty) a pcap capture.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct OutputKey {
-    /// Interface name.
+    /// Interface name (empty for a capture).
     pub interface: String,
     /// VLAN id to push, 0 = none.
     pub vlan: u16,
+    /// The capture's name, for a pcap output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
+}
+
+impl OutputKey {
+    /// An interface output.
+    pub fn iface(interface: &str, vlan: u16) -> OutputKey {
+        OutputKey {
+            interface: interface.into(),
+            vlan,
+            capture: None,
+        }
+    }
+
+    /// A pcap output.
+    pub fn pcap(capture: &str) -> OutputKey {
+        OutputKey {
+            interface: String::new(),
+            vlan: 0,
+            capture: Some(capture.into()),
+        }
+    }
 }
 
 impl fmt::Display for OutputKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.vlan == 0 {
+        if let Some(c) = &self.capture {
+            write!(f, "pcap:{c}")
+        } else if self.vlan == 0 {
             write!(f, "{}", self.interface)
         } else {
             write!(f, "{}.{}", self.interface, self.vlan)
@@ -89,7 +115,7 @@ impl Assignment {
         }
         let outputs: BTreeSet<OutputKey> = policies
             .iter()
-            .flat_map(|p| p.interface_outputs())
+            .flat_map(|p| p.output_keys())
             .collect();
         if outputs.len() > MAX_OUTPUTS {
             return Err(CompileError::TooManyOutputs(outputs.len()));
@@ -156,6 +182,17 @@ pub struct TapRule {
     pub egress: bool,
 }
 
+/// A pcap output of a compiled set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PcapOutput {
+    /// Bytes kept of each packet: the largest `snaplen` of the policies
+    /// naming the capture (0 there = [`PCAP_MAX_CAPLEN`]), so no policy gets
+    /// less than it asked for.
+    pub snaplen: u32,
+    /// Enabled policies naming the capture.
+    pub policies: Bitmap,
+}
+
 /// The contents of one generation's classification maps.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CompiledSet {
@@ -190,6 +227,8 @@ pub struct CompiledSet {
     pub shaping: BTreeMap<u16, Shaping>,
     /// Output id → output, for every output of the set.
     pub outputs: BTreeMap<u8, OutputKey>,
+    /// Output id → what the datapath needs of a pcap output.
+    pub pcap: BTreeMap<u8, PcapOutput>,
     /// Tap selection of the enabled policies.
     pub taps: Vec<TapRule>,
     /// Slot → policy name (every policy of the set, enabled or not).
@@ -358,6 +397,7 @@ pub fn compile(policies: &[Policy], a: &Assignment) -> Result<CompiledSet, Compi
     let mut actions = BTreeMap::new();
     let mut shaping = BTreeMap::new();
     let mut outputs: BTreeMap<u8, OutputKey> = BTreeMap::new();
+    let mut pcap: BTreeMap<u8, PcapOutput> = BTreeMap::new();
     let mut slots = Vec::with_capacity(policies.len());
     for p in policies {
         let slot = *a
@@ -378,7 +418,7 @@ pub fn compile(policies: &[Policy], a: &Assignment) -> Result<CompiledSet, Compi
             });
         }
         let mut ids = Vec::new();
-        for k in p.interface_outputs() {
+        for k in p.output_keys() {
             let id = *a
                 .output_ids
                 .get(&k)
@@ -388,6 +428,17 @@ pub fn compile(policies: &[Policy], a: &Assignment) -> Result<CompiledSet, Compi
                 })?;
             if id as usize >= MAX_OUTPUTS {
                 return Err(CompileError::OutputIdOutOfRange { output: k, id });
+            }
+            if k.capture.is_some() {
+                let e = pcap.entry(id).or_default();
+                let snap = match p.snaplen {
+                    0 => PCAP_MAX_CAPLEN,
+                    n => n.min(PCAP_MAX_CAPLEN),
+                };
+                e.snaplen = e.snaplen.max(snap);
+                if p.enabled {
+                    e.policies.set(slot as usize);
+                }
             }
             match outputs.get(&id) {
                 Some(other) if *other != k => {
@@ -526,6 +577,7 @@ pub fn compile(policies: &[Policy], a: &Assignment) -> Result<CompiledSet, Compi
         actions,
         shaping,
         outputs,
+        pcap,
         taps,
         names,
         enabled,
@@ -655,7 +707,9 @@ impl CompiledSet {
                 self.outputs
                     .iter()
                     .map(|(id, k)| {
-                        if k.vlan == 0 {
+                        if let Some(c) = &k.capture {
+                            format!("{id}: pcap {c}")
+                        } else if k.vlan == 0 {
                             format!("{id}: {} untagged", k.interface)
                         } else {
                             format!("{id}: {} vlan {}", k.interface, k.vlan)

@@ -71,7 +71,9 @@ pub struct Policy {
     /// per flow (every packet of a conversation, both directions, or none).
     #[serde(default, skip_serializing_if = "SampleBy::is_packet")]
     pub sample_by: SampleBy,
-    /// Bytes to keep of each copy, 0 = the whole packet (only 0 in this build).
+    /// Bytes to keep of each packet written to a pcap output, 0 = the whole
+    /// packet (up to the datapath's 9216-byte maximum). Interface outputs
+    /// always get the whole packet in this build.
     #[serde(default)]
     pub snaplen: u32,
     /// Per-policy rate limit of the copies; {0, 0} = unlimited.
@@ -83,9 +85,9 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The (interface, vlan) keys of the interface outputs, in order (pcap
-    /// outputs and invalid VLANs are skipped).
-    pub fn interface_outputs(&self) -> Vec<OutputKey> {
+    /// The keys of the outputs, in order (interface outputs with an invalid
+    /// VLAN are skipped).
+    pub fn output_keys(&self) -> Vec<OutputKey> {
         self.outputs.iter().filter_map(Output::key).collect()
     }
 
@@ -408,7 +410,7 @@ pub enum Output {
         #[serde(skip_serializing_if = "Option::is_none")]
         vlan: Option<u32>,
     },
-    /// A pcap capture (parsed, rejected by validation in this build).
+    /// A pcap capture (records through the ring buffer; see `capture`).
     Pcap {
         /// Capture name.
         pcap: String,
@@ -416,17 +418,17 @@ pub enum Output {
 }
 
 impl Output {
-    /// The (interface, vlan) key of an interface output with a valid VLAN.
+    /// The key of an output (None: an interface output with an invalid VLAN).
     pub fn key(&self) -> Option<OutputKey> {
         match self {
-            Output::Interface { interface, vlan } => Some(OutputKey {
-                interface: interface.clone(),
-                vlan: match vlan {
+            Output::Interface { interface, vlan } => Some(OutputKey::iface(
+                interface,
+                match vlan {
                     None => 0,
                     Some(v) => u16::try_from(*v).ok()?,
                 },
-            }),
-            Output::Pcap { .. } => None,
+            )),
+            Output::Pcap { pcap } => Some(OutputKey::pcap(pcap)),
         }
     }
 }

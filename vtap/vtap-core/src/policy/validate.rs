@@ -13,7 +13,7 @@ use std::fmt;
 
 use ipnet::IpNet;
 use serde::Serialize;
-use vtap_abi::{MAX_OUTPUTS, MAX_POLICIES, MAX_POLICY_OUTPUTS};
+use vtap_abi::{MAX_OUTPUTS, MAX_POLICIES, MAX_POLICY_OUTPUTS, PCAP_MAX_CAPLEN};
 
 use super::compile::OutputKey;
 use super::model::{
@@ -338,13 +338,23 @@ pub fn validate_policy(p: &Policy) -> Vec<FieldError> {
     // Shaping: 1-in-N sampling and rate limits.
     check_sample_one_in(&p.sample_one_in, &mut err);
     if p.snaplen != 0 {
-        err(
-            "snaplen".into(),
-            format!(
-                "truncating copies to {} bytes is not supported by this build yet; use 0 (the whole packet)",
-                p.snaplen
-            ),
-        );
+        if p.snaplen < 14 || p.snaplen > PCAP_MAX_CAPLEN {
+            err(
+                "snaplen".into(),
+                format!(
+                    "snaplen {} is outside 14..{PCAP_MAX_CAPLEN} (bytes kept of each captured packet; 0 = the whole packet)",
+                    p.snaplen
+                ),
+            );
+        } else if !p.outputs.iter().all(|o| matches!(o, Output::Pcap { .. })) {
+            err(
+                "snaplen".into(),
+                format!(
+                    "snaplen {} applies to pcap outputs only in this build (copies to interfaces are whole packets); use 0, or pcap outputs only",
+                    p.snaplen
+                ),
+            );
+        }
     }
     check_rate(
         "rate_limit.pps",
@@ -421,12 +431,22 @@ pub fn validate_policy(p: &Policy) -> Vec<FieldError> {
                     }
                 }
             }
-            Output::Pcap { .. } => {
-                err(
-                    format!("outputs[{i}].pcap"),
-                    "pcap outputs are not supported by this build yet".into(),
-                );
-            }
+            Output::Pcap { pcap } => match crate::capture::name::validate_capture_name(pcap) {
+                Err(e) => err(format!("outputs[{i}].pcap"), e),
+                Ok(()) => {
+                    let key = (format!("pcap:{pcap}"), 0);
+                    if let Some(j) = seen.get(&key) {
+                        err(
+                            format!("outputs[{i}]"),
+                            format!(
+                                "duplicate of outputs[{j}] (capture {pcap}): a policy sends at most one copy to an output"
+                            ),
+                        );
+                    } else {
+                        seen.insert(key, i);
+                    }
+                }
+            },
         }
     }
     errs
@@ -544,14 +564,14 @@ pub(crate) fn validate_set_indexed(ps: &[Policy]) -> Vec<(Option<usize>, FieldEr
             ),
         ));
     }
-    let distinct: BTreeSet<OutputKey> = ps.iter().flat_map(|p| p.interface_outputs()).collect();
+    let distinct: BTreeSet<OutputKey> = ps.iter().flat_map(|p| p.output_keys()).collect();
     if distinct.len() > MAX_OUTPUTS {
         out.push((
             None,
             FieldError::new(
                 "policies",
                 format!(
-                    "{} distinct outputs (interface, VLAN) in the set, at most {MAX_OUTPUTS}",
+                    "{} distinct outputs ((interface, VLAN) pairs and captures) in the set, at most {MAX_OUTPUTS}",
                     distinct.len()
                 ),
             ),

@@ -6,6 +6,7 @@
 //! with its status ([`ApiError`]); internal detail is logged, not returned.
 //! Kernel work runs in `spawn_blocking` under the one [`Core`] mutex.
 
+mod captures;
 mod error;
 mod openapi;
 mod policies;
@@ -58,6 +59,10 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub body_limit: usize,
     pub request_timeout: Duration,
+    /// Every capture (pcap outputs).
+    pub captures: Arc<vtap_core::capture::sink::Captures>,
+    /// The pcap ring reader (taken at shutdown).
+    pub ring_reader: Arc<Mutex<Option<vtap_core::capture::ring::RingReader>>>,
 }
 
 impl AppState {
@@ -106,6 +111,9 @@ pub fn app(state: AppState) -> Router {
                 .delete(taps::delete_one),
         )
         .route("/stats", get(taps::stats))
+        .route("/captures", get(captures::list))
+        .route("/captures/{name}", get(captures::get_one))
+        .route("/captures/{name}/stream", get(captures::stream))
         .route("/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::NotFound("no such API path".into()) });
     Router::new()
@@ -187,9 +195,10 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Respon
     let om = crate::metrics::wants_openmetrics(
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     );
+    let caps = captures::infos(&s).await?;
     let body = s
         .with_core(move |c| {
-            let fams = crate::metrics::families(&c.engine)
+            let fams = crate::metrics::families(&c.engine, &caps)
                 .map_err(|e| ApiError::unavailable("reading counters", e))?;
             if om {
                 crate::metrics::encode_openmetrics(&fams)

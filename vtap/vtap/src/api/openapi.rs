@@ -5,12 +5,12 @@ use axum::Json;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{policies, taps};
+use super::{captures, policies, taps};
 use crate::wire;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "vtap", description = "eBPF virtual TAP and mirroring appliance: policies, taps, counters."),
+    info(title = "vtap", description = "eBPF virtual TAP and mirroring appliance: policies, taps, counters, captures."),
     paths(
         policies::list,
         policies::get_one,
@@ -22,6 +22,9 @@ use crate::wire;
         taps::put_one,
         taps::delete_one,
         taps::stats,
+        captures::list,
+        captures::get_one,
+        captures::stream,
     ),
     components(schemas(
         wire::ErrorBody,
@@ -40,10 +43,13 @@ use crate::wire;
         wire::Stats,
         wire::PolicyStats,
         wire::OutputStats,
+        wire::CaptureList,
+        wire::CaptureInfo,
+        wire::CaptureFile,
     )),
     modifiers(&Security),
     security(("bearer" = [])),
-    tags((name = "policies"), (name = "taps"), (name = "stats"))
+    tags((name = "policies"), (name = "taps"), (name = "stats"), (name = "captures"))
 )]
 pub struct ApiDoc;
 

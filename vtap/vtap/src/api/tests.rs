@@ -80,7 +80,12 @@ fn env(auth: Auth) -> Option<Env> {
         .enable_all()
         .build()
         .unwrap();
-    let engine = Engine::new().expect("load datapath");
+    let mut engine = Engine::new().expect("load datapath");
+    let captures = Arc::new(
+        vtap_core::capture::sink::Captures::new(&dir, Default::default(), Default::default())
+            .unwrap(),
+    );
+    engine.set_captures(captures.clone());
     let state = AppState {
         core: Arc::new(Mutex::new(Core {
             engine,
@@ -91,6 +96,8 @@ fn env(auth: Auth) -> Option<Env> {
         auth: Arc::new(auth),
         body_limit: 64 * 1024,
         request_timeout: Duration::from_secs(10),
+        captures,
+        ring_reader: Arc::new(Mutex::new(None)),
     };
     Some(Env { state, dir, rt })
 }

@@ -235,6 +235,69 @@ impl Client {
         self.send::<()>("GET", path, &[], None, None)
     }
 
+    /// `GET path` whose body is copied to `out` as it arrives (a live
+    /// stream: no read timeout). Returns the bytes copied.
+    pub fn stream_to(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, CliError> {
+        let url = format!("{}{path}", self.base);
+        let request = format!("GET {url}");
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .redirects(0)
+            .user_agent(concat!("vtap-cli/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let mut req = agent.get(&url);
+        for (k, v) in query {
+            req = req.query(k, v);
+        }
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        match req.call() {
+            Ok(resp) => {
+                let mut r = resp.into_reader();
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut total = 0u64;
+                loop {
+                    let n = match r.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            return Err(CliError::BadAnswer {
+                                request,
+                                reason: format!("the stream broke: {e}"),
+                            });
+                        }
+                    };
+                    // A closed stdout (`| head`) ends the stream quietly.
+                    if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                Ok(total)
+            }
+            Err(ureq::Error::Status(status, resp)) => {
+                let reason = resp.status_text().to_owned();
+                let bytes = read_body(resp, &request).unwrap_or_default();
+                Err(CliError::Api {
+                    request,
+                    status,
+                    body: decode_error(status, &reason, &bytes),
+                })
+            }
+            Err(ureq::Error::Transport(t)) => Err(CliError::Unreachable {
+                api: self.base.clone(),
+                reason: transport_reason(&t),
+            }),
+        }
+    }
+
     /// Any request. `path` starts with `/`; `query` pairs are appended;
     /// `if_match` is an etag (quoted here if needed).
     pub fn send<B: Serialize>(

@@ -9,6 +9,7 @@
 //! answer), a local file problem, or an unusable answer; 2 usage errors
 //! (clap's own, and a bad `--api`); 3 the daemon cannot be reached.
 
+pub mod capture;
 pub mod client;
 pub mod output;
 pub mod policy;

@@ -1,0 +1,233 @@
+//! The one reader of `vtap_pcap_ring`: a thread that sleeps in `poll(2)` on
+//! the ring's fd, drains every record, turns it into a [`Packet`] and hands
+//! it to its capture ([`Captures`]). It never does I/O itself, so a slow disk
+//! or a slow subscriber cannot make the ring fill up.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use aya::maps::{MapData, RingBuf};
+use vtap_abi::{Bitmap, Dir, PcapRec};
+
+use super::sink::{Captures, Routes};
+use super::{IfaceDir, Packet};
+
+/// Counters of the reader itself.
+#[derive(Debug, Default)]
+pub struct ReaderCounters {
+    /// Records read.
+    pub records: AtomicU64,
+    /// Records for an output id no capture owns (a capture removed while
+    /// its records were in the ring) or malformed.
+    pub unrouted: AtomicU64,
+}
+
+/// The running reader thread.
+pub struct RingReader {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    /// Its counters.
+    pub counters: Arc<ReaderCounters>,
+}
+
+impl RingReader {
+    /// Starts the reader thread.
+    pub fn start(ring: RingBuf<MapData>, captures: Arc<Captures>) -> std::io::Result<RingReader> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(ReaderCounters::default());
+        let (s, c) = (stop.clone(), counters.clone());
+        let handle = std::thread::Builder::new()
+            .name("vtap-pcap-ring".into())
+            .spawn(move || run(ring, captures, s, c))?;
+        Ok(RingReader {
+            stop,
+            handle: Some(handle),
+            counters,
+        })
+    }
+}
+
+impl Drop for RingReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// CLOCK_REALTIME − CLOCK_MONOTONIC, ns: turns `bpf_ktime_get_ns()` into
+/// wall-clock time.
+fn realtime_offset_ns() -> i128 {
+    let mono = clock_ns(libc::CLOCK_MONOTONIC);
+    let real = clock_ns(libc::CLOCK_REALTIME);
+    real - mono
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Names of interfaces by index (cached; a miss asks the kernel).
+#[derive(Default)]
+struct IfNames(HashMap<u32, String>);
+
+impl IfNames {
+    fn get(&mut self, ifindex: u32) -> String {
+        if let Some(n) = self.0.get(&ifindex) {
+            return n.clone();
+        }
+        let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+        // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+        let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+        let name = if p.is_null() {
+            format!("if{ifindex}")
+        } else {
+            // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+            unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        self.0.insert(ifindex, name.clone());
+        name
+    }
+}
+
+/// Decodes one record: (output id, header, packet bytes).
+pub fn parse_record(rec: &[u8]) -> Option<(PcapRec, &[u8])> {
+    let hs = std::mem::size_of::<PcapRec>();
+    if rec.len() < hs {
+        return None;
+    }
+    // SAFETY: PcapRec is plain old data and rec has at least its size;
+    // read_unaligned copes with any alignment.
+    let h: PcapRec = unsafe { std::ptr::read_unaligned(rec.as_ptr() as *const PcapRec) };
+    let end = hs.checked_add(h.cap_len as usize)?;
+    let data = rec.get(hs..end)?;
+    Some((h, data))
+}
+
+fn run(
+    mut ring: RingBuf<MapData>,
+    captures: Arc<Captures>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<ReaderCounters>,
+) {
+    let fd = ring.as_raw_fd();
+    let mut names = IfNames::default();
+    let mut policy_cache: HashMap<Bitmap, Arc<[String]>> = HashMap::new();
+    let mut routes_gen = Routes::default();
+    let mut last_refresh = std::time::Instant::now() - std::time::Duration::from_secs(10);
+    while !stop.load(Ordering::Relaxed) {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        // Routes and names change rarely; refresh them at most every 100 ms
+        // (a record for an id that just appeared is routed on the refresh).
+        if last_refresh.elapsed() >= std::time::Duration::from_millis(100) {
+            routes_gen = captures.routes();
+            policy_cache.clear();
+            names.0.clear();
+            last_refresh = std::time::Instant::now();
+        }
+        let offset = realtime_offset_ns();
+        while let Some(item) = ring.next() {
+            counters.records.fetch_add(1, Ordering::Relaxed);
+            let Some((h, data)) = parse_record(&item) else {
+                counters.unrouted.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let mut cap = routes_gen.by_output.get(&h.output);
+            if cap.is_none() {
+                routes_gen = captures.routes();
+                policy_cache.clear();
+                cap = routes_gen.by_output.get(&h.output);
+            }
+            let Some(cap) = cap else {
+                counters.unrouted.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let policies = policy_cache
+                .entry(h.policies)
+                .or_insert_with(|| {
+                    h.policies
+                        .iter()
+                        .map(|s| {
+                            routes_gen
+                                .slot_names
+                                .get(&(s as u16))
+                                .cloned()
+                                .unwrap_or_else(|| format!("slot{s}"))
+                        })
+                        .collect::<Vec<_>>()
+                        .into()
+                })
+                .clone();
+            let pkt = Packet {
+                ts_ns: (h.ts_ns as i128 + offset).max(0) as u64,
+                orig_len: h.orig_len,
+                data: data.to_vec(),
+                iface: IfaceDir {
+                    ifindex: h.ifindex,
+                    ifname: names.get(h.ifindex),
+                    dir: if h.dir == 0 { Dir::Ingress } else { Dir::Egress },
+                },
+                policies,
+            };
+            cap.deliver(Arc::new(pkt));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_record_checks_lengths() {
+        let mut h = PcapRec {
+            ts_ns: 5,
+            orig_len: 100,
+            cap_len: 4,
+            ifindex: 3,
+            dir: 1,
+            output: 2,
+            ..Default::default()
+        };
+        h.policies.set(7);
+        let hs = std::mem::size_of::<PcapRec>();
+        let mut rec = vec![0u8; hs + 8];
+        // SAFETY: rec has room for one PcapRec.
+        unsafe { std::ptr::write_unaligned(rec.as_mut_ptr() as *mut PcapRec, h) };
+        rec[hs..hs + 4].copy_from_slice(&[1, 2, 3, 4]);
+        let (g, d) = parse_record(&rec).unwrap();
+        assert_eq!(g, h);
+        assert_eq!(d, &[1, 2, 3, 4]);
+        assert!(parse_record(&rec[..hs - 1]).is_none());
+        h.cap_len = 9;
+        // SAFETY: as above.
+        unsafe { std::ptr::write_unaligned(rec.as_mut_ptr() as *mut PcapRec, h) };
+        assert!(parse_record(&rec).is_none(), "caplen beyond the record");
+    }
+
+    #[test]
+    fn realtime_offset_is_sane() {
+        let off = realtime_offset_ns();
+        let now = clock_ns(libc::CLOCK_REALTIME);
+        // Monotonic starts at boot: the offset is the boot time, in the past.
+        assert!(off > 0 && off < now);
+    }
+}
