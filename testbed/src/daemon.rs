@@ -149,6 +149,8 @@ pub struct Daemon<'a> {
     tb: &'a Testbed,
     proc: BgProcess<'a>,
     pub policy_dir: PathBuf,
+    /// `--state-dir` of the daemon (captures are under `captures/`).
+    pub state_dir: PathBuf,
     pub addr: SocketAddr,
 }
 
@@ -189,6 +191,8 @@ impl Testbed {
             .arg("--listen")
             .arg(addr.to_string());
         c.arg("--state-dir").arg(&state_dir);
+        // Captures write here; tests may mount a tiny filesystem on it.
+        std::fs::create_dir_all(state_dir.join("captures"))?;
         c.args(extra);
         let level = std::env::var("VTAP_TEST_LOG").unwrap_or_else(|_| "info".into());
         c.env("VTAP_LOG", &level).env("RUST_LOG", &level);
@@ -198,6 +202,7 @@ impl Testbed {
             tb: self,
             proc,
             policy_dir,
+            state_dir,
             addr,
         };
         d.wait_ready(Duration::from_secs(30))?;
