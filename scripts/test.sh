@@ -120,6 +120,7 @@ if want e2e; then
     run_cargo_tests e2e 1200 test -p vtap-testbed --test e2e -- --test-threads "$E2E_THREADS"
     run_cargo_tests cli-e2e 600 test -p vtap-testbed --test cli_e2e -- --test-threads 2
     run_cargo_tests shaping-e2e 600 test -p vtap-testbed --test shaping_e2e -- --test-threads 2
+    run_cargo_tests capture-e2e 600 test -p vtap-testbed --test capture_e2e -- --test-threads 3
 fi
 
 if want policies; then

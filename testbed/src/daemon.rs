@@ -171,6 +171,18 @@ impl Testbed {
         policies: &[(&str, &str)],
         extra: &[&str],
     ) -> Result<Daemon<'_>> {
+        self.start_daemon_prepared(policies, extra, |_| Ok(()))
+    }
+
+    /// Like [`Testbed::start_daemon_with`], calling `prepare(state_dir)`
+    /// before the daemon starts (the daemon runs in its own mount
+    /// namespace: a filesystem mounted there later would not reach it).
+    pub fn start_daemon_prepared(
+        &self,
+        policies: &[(&str, &str)],
+        extra: &[&str],
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Daemon<'_>> {
         let bin = vtap_bin();
         if !bin.exists() {
             bail!(
@@ -193,6 +205,7 @@ impl Testbed {
         c.arg("--state-dir").arg(&state_dir);
         // Captures write here; tests may mount a tiny filesystem on it.
         std::fs::create_dir_all(state_dir.join("captures"))?;
+        prepare(&state_dir)?;
         c.args(extra);
         let level = std::env::var("VTAP_TEST_LOG").unwrap_or_else(|_| "info".into());
         c.env("VTAP_LOG", &level).env("RUST_LOG", &level);
