@@ -367,7 +367,7 @@ fn rate_limit_out_of_range() {
             "rate_limit.bps",
         ],
     );
-    msg_contains(&e, 1, "not supported by this build yet");
+    msg_contains(&e, 1, "applies to pcap outputs only in this build");
 }
 
 #[test]
@@ -454,14 +454,36 @@ fn duplicate_outputs() {
 }
 
 #[test]
-fn pcap_outputs_not_yet() {
+fn pcap_outputs_and_snaplen() {
+    // Interface and pcap outputs together, whole packets: valid.
     let p = with("outputs", "[{interface: mon0}, {pcap: web}]");
     assert_eq!(p.outputs[1], Output::Pcap { pcap: "web".into() });
-    let e = expect(&p, &["outputs[1].pcap"]);
-    assert_eq!(
-        e[0].message,
-        "pcap outputs are not supported by this build yet"
+    expect(&p, &[]);
+    // A snaplen needs pcap outputs only (copies to interfaces are whole).
+    let mut p = with("outputs", "[{pcap: web}]");
+    p.snaplen = 128;
+    expect(&p, &[]);
+    p.snaplen = 13;
+    let e = expect(&p, &["snaplen"]);
+    msg_contains(&e, 0, "outside 14..9216");
+    p.snaplen = 9217;
+    expect(&p, &["snaplen"]);
+    let mut p = with("outputs", "[{interface: mon0}, {pcap: web}]");
+    p.snaplen = 64;
+    let e = expect(&p, &["snaplen"]);
+    msg_contains(&e, 0, "applies to pcap outputs only");
+    // Hostile capture names and duplicates.
+    let long = "x".repeat(65);
+    for bad in ["../x", "/abs", "a/b", "", ".", "..", "-x", long.as_str()] {
+        let p = with("outputs", &format!("[{{pcap: {bad:?}}}]"));
+        let e = expect(&p, &["outputs[0].pcap"]);
+        assert!(!e[0].message.is_empty());
+    }
+    let e = expect(
+        &with("outputs", "[{pcap: web}, {pcap: web}]"),
+        &["outputs[1]"],
     );
+    msg_contains(&e, 0, "duplicate of outputs[0] (capture web)");
 }
 
 #[test]

@@ -70,8 +70,13 @@ impl Harness {
     /// Loads the datapath; outputs resolve to `lo` (copies delivered) when
     /// `deliver`, else to ifindex 0 (counted as output_down).
     pub fn new(deliver: bool) -> Harness {
+        Self::with_options(deliver, Default::default())
+    }
+
+    /// [`Harness::new`] with datapath load options (e.g. a small ring).
+    pub fn with_options(deliver: bool, opts: vtap_core::datapath::LoadOptions) -> Harness {
         Harness {
-            dp: Datapath::load().expect("load datapath"),
+            dp: Datapath::load_with(opts).expect("load datapath"),
             rec: Reconciler::new(),
             assignment: Assignment::default(),
             policies: Vec::new(),
