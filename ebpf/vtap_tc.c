@@ -603,49 +603,47 @@ static long account_policy(__u64 i, void *arg)
  * ring, not 9 KiB. No room → VTAP_DROP_RING_FULL, counted per capture and
  * per policy; the packet itself is untouched. */
 
-#define PCAP_CLASS(N)                                                                  \
+#define PCAP_CLASS(N, LOAD)                                                            \
 	if (cap <= (N)) {                                                              \
 		struct vtap_pcap_rec *r =                                              \
 			bpf_ringbuf_reserve(&vtap_pcap_ring, sizeof(*r) + (N), 0);     \
 		if (!r)                                                                \
-			goto full;                                                     \
+			return pcap_count(hdr, 0, 0);                                  \
 		*r = *hdr;                                                             \
 		__u32 n = cap;                                                         \
 		asm volatile("" : "+r"(n));                                            \
 		if (n > (N))                                                           \
 			n = (N);                                                       \
-		if (n < 1 || bpf_skb_load_bytes(skb, 0, (void *)(r + 1), n) != 0)     \
+		if (n < 1 || LOAD(ctx, 0, (void *)(r + 1), n) != 0)                    \
 			n = 0;                                                         \
 		r->cap_len = n;                                                        \
 		bpf_ringbuf_submit(r, 0);                                              \
-		goto done;                                                             \
+		return pcap_count(hdr, n, 1);                                          \
 	}
 
-/* Emits one record for hdr->output (hdr->cap_len = wanted caplen). A global
- * function: verified once, whatever the number of paths into it. Returns 0
- * or VTAP_DROP_RING_FULL. */
-__noinline int vtap_pcap_emit(struct __sk_buff *skb, struct vtap_pcap_rec *hdr)
+#define PCAP_CLASSES(LOAD)                          \
+	PCAP_CLASS(64, LOAD)                        \
+	PCAP_CLASS(128, LOAD)                       \
+	PCAP_CLASS(256, LOAD)                       \
+	PCAP_CLASS(512, LOAD)                       \
+	PCAP_CLASS(1024, LOAD)                      \
+	PCAP_CLASS(1536, LOAD)                      \
+	PCAP_CLASS(2048, LOAD)                      \
+	PCAP_CLASS(4096, LOAD)                      \
+	PCAP_CLASS(VTAP_PCAP_MAX_CAPLEN, LOAD)      \
+	return pcap_count(hdr, 0, 0);
+
+/* Counts one record of hdr->output: submitted with cap bytes (ok), or not,
+ * for lack of room. Returns 0 or VTAP_DROP_RING_FULL. */
+static __always_inline int pcap_count(const struct vtap_pcap_rec *hdr, __u32 cap, int ok)
 {
-	if (!skb || !hdr)
-		return VTAP_DROP_RING_FULL;
-	__u32 cap = hdr->cap_len;
 	__u32 o = hdr->output & (VTAP_MAX_OUTPUTS - 1);
 	struct vtap_capture_stats *st = bpf_map_lookup_elem(&vtap_capture_stats, &o);
-
-	PCAP_CLASS(64)
-	PCAP_CLASS(128)
-	PCAP_CLASS(256)
-	PCAP_CLASS(512)
-	PCAP_CLASS(1024)
-	PCAP_CLASS(1536)
-	PCAP_CLASS(2048)
-	PCAP_CLASS(4096)
-	PCAP_CLASS(VTAP_PCAP_MAX_CAPLEN)
-full:
-	if (st)
-		st->ring_full++;
-	return VTAP_DROP_RING_FULL;
-done:
+	if (!ok) {
+		if (st)
+			st->ring_full++;
+		return VTAP_DROP_RING_FULL;
+	}
 	if (st) {
 		st->packets++;
 		st->bytes += hdr->orig_len;
@@ -654,7 +652,46 @@ done:
 	return 0;
 }
 
-/* One output of the packet. A global function: the verifier checks it
+/* Emits one record for hdr->output (hdr->cap_len = wanted caplen). Global
+ * functions: verified once, whatever the number of paths into them. Return
+ * 0 or VTAP_DROP_RING_FULL. */
+__noinline int vtap_pcap_emit(struct __sk_buff *ctx, struct vtap_pcap_rec *hdr)
+{
+	if (!ctx || !hdr)
+		return VTAP_DROP_RING_FULL;
+	__u32 cap = hdr->cap_len;
+	PCAP_CLASSES(bpf_skb_load_bytes)
+}
+
+__noinline int vtap_pcap_emit_xdp(struct xdp_md *ctx, struct vtap_pcap_rec *hdr)
+{
+	if (!ctx || !hdr)
+		return VTAP_DROP_RING_FULL;
+	__u32 cap = hdr->cap_len;
+	PCAP_CLASSES(bpf_xdp_load_bytes)
+}
+
+/* The record header of a pcap output: the record names the live policies
+ * that name this capture. */
+static __always_inline void pcap_header(struct vtap_pcap_rec *hdr, const struct vtap_output *out,
+					__u32 o, __u32 dir, __u32 ifindex, __u32 len,
+					const struct vtap_bitmap *live)
+{
+	__u32 snap = out->snaplen;
+	if (snap == 0 || snap > VTAP_PCAP_MAX_CAPLEN)
+		snap = VTAP_PCAP_MAX_CAPLEN;
+	hdr->ts_ns = bpf_ktime_get_ns();
+	hdr->orig_len = len;
+	hdr->cap_len = len < snap ? len : snap;
+	hdr->ifindex = ifindex;
+	hdr->dir = dir;
+	hdr->output = o;
+#pragma unroll
+	for (int w = 0; w < VTAP_BITMAP_WORDS; w++)
+		hdr->policies.w[w] = live->w[w] & out->policies.w[w];
+}
+
+/* One output of the packet (TC). A global function: the verifier checks it
  * once, not once per iteration and path of the send loop (the main program
  * is close to the verifier's budget). Returns VTAP_DROP_REASONS when the
  * copy was delivered, else the reason it was not. The original leaves
@@ -675,20 +712,8 @@ __noinline int vtap_send_output(struct __sk_buff *skb, __u32 gen_dir_o,
 		return VTAP_DROP_OUTPUT_DOWN;
 
 	if (out->kind == VTAP_OUT_PCAP) {
-		/* The record names the live policies that name this capture. */
 		struct vtap_pcap_rec hdr = {};
-		__u32 snap = out->snaplen;
-		if (snap == 0 || snap > VTAP_PCAP_MAX_CAPLEN)
-			snap = VTAP_PCAP_MAX_CAPLEN;
-		hdr.ts_ns = bpf_ktime_get_ns();
-		hdr.orig_len = skb->len;
-		hdr.cap_len = skb->len < snap ? skb->len : snap;
-		hdr.ifindex = skb->ifindex;
-		hdr.dir = dir;
-		hdr.output = o;
-#pragma unroll
-		for (int w = 0; w < VTAP_BITMAP_WORDS; w++)
-			hdr.policies.w[w] = live->w[w] & out->policies.w[w];
+		pcap_header(&hdr, out, o, dir, skb->ifindex, skb->len, live);
 		return vtap_pcap_emit(skb, &hdr) ? VTAP_DROP_RING_FULL : VTAP_DROP_REASONS;
 	}
 
@@ -713,8 +738,30 @@ __noinline int vtap_send_output(struct __sk_buff *skb, __u32 gen_dir_o,
 	return VTAP_DROP_REASONS;
 }
 
+/* One output of the packet (XDP): pcap outputs work as from TC; a copy to
+ * an interface cannot be made from XDP without taking the packet, so it is
+ * counted as VTAP_DROP_XDP_MODE. */
+__noinline int vtap_send_output_xdp(struct xdp_md *ctx, __u32 gen_dir_o,
+				    const struct vtap_bitmap *live)
+{
+	if (!ctx || !live)
+		return VTAP_DROP_CLONE_FAILED;
+	__u32 o = gen_dir_o & (VTAP_MAX_OUTPUTS - 1);
+	__u32 dir = (gen_dir_o >> 8) & 1;
+	__u32 gen = (gen_dir_o >> 16) & 1;
+	__u32 oidx = gen * VTAP_MAX_OUTPUTS + o;
+	struct vtap_output *out = bpf_map_lookup_elem(&vtap_outputs, &oidx);
+	if (!out)
+		return VTAP_DROP_OUTPUT_DOWN;
+	if (out->kind != VTAP_OUT_PCAP)
+		return VTAP_DROP_XDP_MODE;
+	struct vtap_pcap_rec hdr = {};
+	pcap_header(&hdr, out, o, dir, ctx->ingress_ifindex, bpf_xdp_get_buff_len(ctx), live);
+	return vtap_pcap_emit_xdp(ctx, &hdr) ? VTAP_DROP_RING_FULL : VTAP_DROP_REASONS;
+}
+
 /* Sends one copy to every wanted output and counts it per output. */
-static __always_inline void send_copies(struct __sk_buff *skb, struct fire_ctx *c,
+static __always_inline void send_copies(void *ctx, const int xdp, struct fire_ctx *c,
 					const struct vtap_bitmap *live)
 {
 	__u64 want = c->want;
@@ -726,7 +773,9 @@ static __always_inline void send_copies(struct __sk_buff *skb, struct fire_ctx *
 		__u64 b = want & -want;
 		want ^= b;
 		__u32 o = bit_index(b);
-		int reason = vtap_send_output(skb, c->gen << 16 | c->dir << 8 | o, live);
+		__u32 gdo = c->gen << 16 | c->dir << 8 | o;
+		int reason = xdp ? vtap_send_output_xdp(ctx, gdo, live)
+				 : vtap_send_output(ctx, gdo, live);
 
 		__u32 cidx = o;
 		struct vtap_copy_stats *cs = bpf_map_lookup_elem(&vtap_copy_stats, &cidx);
@@ -744,31 +793,41 @@ static __always_inline void send_copies(struct __sk_buff *skb, struct fire_ctx *
 
 /* ---------------------------------------------------------------- main */
 
-static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
+/* The whole per-packet path for a TC (xdp = 0) or XDP (xdp = 1) context. */
+static __always_inline void vtap_packet(void *ctx, const int xdp, __u32 dir)
 {
 	__u32 zero = 0;
 	struct vtap_global *g = bpf_map_lookup_elem(&vtap_global, &zero);
 	if (!g)
-		return TC_ACT_UNSPEC;
+		return;
 	__u32 gen = g->active_gen & 1;
 	struct vtap_gen_config *cfg = bpf_map_lookup_elem(&vtap_gen_cfg, &gen);
 	if (!cfg)
-		return TC_ACT_UNSPEC;
+		return;
+
+	__u32 ifindex, len;
+	if (xdp) {
+		ifindex = ((struct xdp_md *)ctx)->ingress_ifindex;
+		len = bpf_xdp_get_buff_len(ctx);
+	} else {
+		ifindex = ((struct __sk_buff *)ctx)->ifindex;
+		len = ((struct __sk_buff *)ctx)->len;
+	}
 
 	/* One lookup gives the tap's policies and its counters' slot. */
-	struct vtap_tap_key tk = { .ifindex = skb->ifindex, .dir = dir, .generation = gen };
+	struct vtap_tap_key tk = { .ifindex = ifindex, .dir = dir, .generation = gen };
 	struct vtap_tap_sel *sel = bpf_map_lookup_elem(&vtap_tap_sel, &tk);
 	if (!sel)
-		return TC_ACT_UNSPEC;
+		return;
 	__u32 tidx = (sel->tap_slot & (VTAP_MAX_TAPS - 1)) * VTAP_DIR_COUNT + dir;
 	struct vtap_tap_stats *ts = bpf_map_lookup_elem(&vtap_tap_stats, &tidx);
 	if (ts) {
 		ts->packets++;
-		ts->bytes += skb->len;
+		ts->bytes += len;
 	}
 
 	struct vtap_parse p = {};
-	vtap_parse_skb(skb, &p, dir);
+	vtap_parse_ctx(ctx, xdp, &p, dir);
 	if (ts && (p.flags & VTAP_P_TRUNCATED))
 		ts->truncated++;
 
@@ -776,7 +835,7 @@ static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
 	struct vtap_bitmap base = sel->policies;
 	and_base(&base, cfg, gen, &p);
 	if (bm_empty(&base))
-		return TC_ACT_UNSPEC;
+		return;
 
 	c.left = base;
 	and_endpoints(&c.left, cfg, gen, &p, 0);
@@ -789,7 +848,7 @@ static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
 		}
 	}
 	if (bm_empty(&c.left))
-		return TC_ACT_UNSPEC;
+		return;
 	if (ts)
 		ts->classified++;
 
@@ -797,7 +856,7 @@ static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
 	__u32 n = bm_count(&fired);
 	c.gen = gen;
 	c.dir = dir;
-	c.len = skb->len;
+	c.len = len;
 	c.p = &p;
 	/* One or two firing policies (the common case) without bpf_loop. */
 	if (n <= 2) {
@@ -815,8 +874,9 @@ static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
 		c.left.w[w] &= ~c.shaped_out.w[w];
 	if (c.want) {
 		struct vtap_bitmap live = c.left;
-		send_copies(skb, &c, &live);
+		send_copies(ctx, xdp, &c, &live);
 	}
+
 	if (n <= 2) {
 		account_policy(0, &c);
 		if (n == 2)
@@ -824,6 +884,11 @@ static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
 	} else {
 		bpf_loop(n, account_policy, &c, 0);
 	}
+}
+
+static __always_inline int vtap_tc(struct __sk_buff *skb, __u32 dir)
+{
+	vtap_packet(skb, 0, dir);
 	return TC_ACT_UNSPEC;
 }
 
@@ -837,4 +902,13 @@ SEC("classifier")
 int vtap_tc_egress(struct __sk_buff *skb)
 {
 	return vtap_tc(skb, VTAP_DIR_EGRESS);
+}
+
+/* XDP mode (ingress only: packets from the VM, before any skb exists):
+ * counting and pcap captures; never changes or drops the frame. */
+SEC("xdp")
+int vtap_xdp_ingress(struct xdp_md *ctx)
+{
+	vtap_packet(ctx, 1, VTAP_DIR_INGRESS);
+	return XDP_PASS;
 }

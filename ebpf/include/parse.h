@@ -36,12 +36,24 @@
 #define ETH_P_8021AD 0x88A8
 #endif
 
+/* Every function takes the program's context and `xdp`, a constant at each
+ * call site (all of them are inlined): 0 = ctx is a struct __sk_buff (TC),
+ * 1 = a struct xdp_md (XDP). The compiler drops the other branch, so each
+ * program only contains accesses valid for its context. */
+
 /* Copies len bytes at off: straight from the linear area when it is there,
- * through bpf_skb_load_bytes otherwise (non-linear skbs). */
-static __always_inline int vtap_load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
+ * through bpf_skb_load_bytes / bpf_xdp_load_bytes otherwise (non-linear
+ * skbs, multi-buffer XDP frames). */
+static __always_inline int vtap_load(void *ctx, const int xdp, __u32 off, void *to, __u32 len)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
+	void *data, *data_end;
+	if (xdp) {
+		data = (void *)(long)((struct xdp_md *)ctx)->data;
+		data_end = (void *)(long)((struct xdp_md *)ctx)->data_end;
+	} else {
+		data = (void *)(long)((struct __sk_buff *)ctx)->data;
+		data_end = (void *)(long)((struct __sk_buff *)ctx)->data_end;
+	}
 
 	if (off > VTAP_MAX_OFF)
 		return -1;
@@ -49,7 +61,9 @@ static __always_inline int vtap_load(struct __sk_buff *skb, __u32 off, void *to,
 		__builtin_memcpy(to, data + off, len);
 		return 0;
 	}
-	return bpf_skb_load_bytes(skb, off, to, len);
+	if (xdp)
+		return bpf_xdp_load_bytes(ctx, off, to, len);
+	return bpf_skb_load_bytes(ctx, off, to, len);
 }
 
 struct vtap_vlan_hdr {
@@ -91,19 +105,19 @@ struct vtap_arp {
 	__u8 tpa[4];
 };
 
-static __always_inline void vtap_parse_l4(struct __sk_buff *skb, struct vtap_parse *p, __u32 off)
+static __always_inline void vtap_parse_l4(void *ctx, const int xdp, struct vtap_parse *p, __u32 off)
 {
 	p->l4_off = off;
 	if (p->proto == IPPROTO_TCP) {
 		__u8 h[14];
-		if (vtap_load(skb, off, h, 14) == 0) {
+		if (vtap_load(ctx, xdp, off, h, 14) == 0) {
 			p->sport = ((__u16)h[0] << 8) | h[1];
 			p->dport = ((__u16)h[2] << 8) | h[3];
 			p->tcp_flags = h[13];
 			p->flags |= VTAP_P_PORTS | VTAP_P_TCP_FLAGS;
 			return;
 		}
-		if (vtap_load(skb, off, h, 4) == 0) {
+		if (vtap_load(ctx, xdp, off, h, 4) == 0) {
 			p->sport = ((__u16)h[0] << 8) | h[1];
 			p->dport = ((__u16)h[2] << 8) | h[3];
 			p->flags |= VTAP_P_PORTS;
@@ -111,7 +125,7 @@ static __always_inline void vtap_parse_l4(struct __sk_buff *skb, struct vtap_par
 		p->flags |= VTAP_P_TRUNCATED;
 	} else if (p->proto == IPPROTO_UDP) {
 		__u8 h[4];
-		if (vtap_load(skb, off, h, 4) == 0) {
+		if (vtap_load(ctx, xdp, off, h, 4) == 0) {
 			p->sport = ((__u16)h[0] << 8) | h[1];
 			p->dport = ((__u16)h[2] << 8) | h[3];
 			p->flags |= VTAP_P_PORTS;
@@ -121,10 +135,10 @@ static __always_inline void vtap_parse_l4(struct __sk_buff *skb, struct vtap_par
 	}
 }
 
-static __always_inline void vtap_parse_ip4(struct __sk_buff *skb, struct vtap_parse *p, __u32 off)
+static __always_inline void vtap_parse_ip4(void *ctx, const int xdp, struct vtap_parse *p, __u32 off)
 {
 	struct vtap_ip4 ip;
-	if (vtap_load(skb, off, &ip, sizeof(ip)) != 0) {
+	if (vtap_load(ctx, xdp, off, &ip, sizeof(ip)) != 0) {
 		p->flags |= VTAP_P_TRUNCATED;
 		return;
 	}
@@ -144,7 +158,7 @@ static __always_inline void vtap_parse_ip4(struct __sk_buff *skb, struct vtap_pa
 	}
 	if (frag_off & 0x2000) /* more fragments follow: the first one */
 		p->flags |= VTAP_P_FIRST_FRAG;
-	vtap_parse_l4(skb, p, off + ihl * 4);
+	vtap_parse_l4(ctx, xdp, p, off + ihl * 4);
 }
 
 static __always_inline int vtap_ext_hdr(__u8 nh)
@@ -153,10 +167,10 @@ static __always_inline int vtap_ext_hdr(__u8 nh)
 	       nh == 60 /* destination options */;
 }
 
-static __always_inline void vtap_parse_ip6(struct __sk_buff *skb, struct vtap_parse *p, __u32 off)
+static __always_inline void vtap_parse_ip6(void *ctx, const int xdp, struct vtap_parse *p, __u32 off)
 {
 	struct vtap_ip6 ip;
-	if (vtap_load(skb, off, &ip, sizeof(ip)) != 0) {
+	if (vtap_load(ctx, xdp, off, &ip, sizeof(ip)) != 0) {
 		p->flags |= VTAP_P_TRUNCATED;
 		return;
 	}
@@ -171,7 +185,7 @@ static __always_inline void vtap_parse_ip6(struct __sk_buff *skb, struct vtap_pa
 		if (!vtap_ext_hdr(nh))
 			break;
 		__u8 h[8];
-		if (vtap_load(skb, off, h, 8) != 0) {
+		if (vtap_load(ctx, xdp, off, h, 8) != 0) {
 			p->flags |= VTAP_P_TRUNCATED;
 			return;
 		}
@@ -196,13 +210,13 @@ static __always_inline void vtap_parse_ip6(struct __sk_buff *skb, struct vtap_pa
 		return; /* chain too long: protocol unknown */
 	p->proto = nh;
 	p->flags |= VTAP_P_L4;
-	vtap_parse_l4(skb, p, off);
+	vtap_parse_l4(ctx, xdp, p, off);
 }
 
-static __always_inline void vtap_parse_arp(struct __sk_buff *skb, struct vtap_parse *p, __u32 off)
+static __always_inline void vtap_parse_arp(void *ctx, const int xdp, struct vtap_parse *p, __u32 off)
 {
 	struct vtap_arp a;
-	if (vtap_load(skb, off, &a, sizeof(a)) != 0) {
+	if (vtap_load(ctx, xdp, off, &a, sizeof(a)) != 0) {
 		p->flags |= VTAP_P_TRUNCATED;
 		return;
 	}
@@ -213,20 +227,29 @@ static __always_inline void vtap_parse_arp(struct __sk_buff *skb, struct vtap_pa
 	p->flags |= VTAP_P_IP;
 }
 
-static __always_inline void vtap_parse_skb(struct __sk_buff *skb, struct vtap_parse *p, __u32 dir)
+/* Parses the packet of ctx (see vtap_load for `xdp`). */
+static __always_inline void vtap_parse_ctx(void *ctx, const int xdp, struct vtap_parse *p,
+					   __u32 dir)
 {
 	struct ethhdr eth;
 
-	p->ifindex = skb->ifindex;
 	p->dir = dir;
-	p->len = skb->len;
 	p->l3_off = 0xffff;
 	p->l4_off = 0xffff;
-	if (skb->vlan_present) {
-		p->vlan_id = skb->vlan_tci & 0x0fff;
-		p->flags |= VTAP_P_TAGGED;
+	if (xdp) {
+		struct xdp_md *x = ctx;
+		p->ifindex = x->ingress_ifindex;
+		p->len = bpf_xdp_get_buff_len(x);
+	} else {
+		struct __sk_buff *skb = ctx;
+		p->ifindex = skb->ifindex;
+		p->len = skb->len;
+		if (skb->vlan_present) {
+			p->vlan_id = skb->vlan_tci & 0x0fff;
+			p->flags |= VTAP_P_TAGGED;
+		}
 	}
-	if (vtap_load(skb, 0, &eth, sizeof(eth)) != 0) {
+	if (vtap_load(ctx, xdp, 0, &eth, sizeof(eth)) != 0) {
 		p->flags |= VTAP_P_TRUNCATED;
 		return;
 	}
@@ -238,7 +261,7 @@ static __always_inline void vtap_parse_skb(struct __sk_buff *skb, struct vtap_pa
 		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
 			break;
 		struct vtap_vlan_hdr v;
-		if (vtap_load(skb, off, &v, sizeof(v)) != 0) {
+		if (vtap_load(ctx, xdp, off, &v, sizeof(v)) != 0) {
 			p->flags |= VTAP_P_TRUNCATED;
 			p->ether_type = bpf_ntohs(proto);
 			return;
@@ -253,11 +276,17 @@ static __always_inline void vtap_parse_skb(struct __sk_buff *skb, struct vtap_pa
 	p->l3_off = off;
 
 	if (proto == bpf_htons(ETH_P_IP))
-		vtap_parse_ip4(skb, p, off);
+		vtap_parse_ip4(ctx, xdp, p, off);
 	else if (proto == bpf_htons(ETH_P_IPV6))
-		vtap_parse_ip6(skb, p, off);
+		vtap_parse_ip6(ctx, xdp, p, off);
 	else if (proto == bpf_htons(ETH_P_ARP))
-		vtap_parse_arp(skb, p, off);
+		vtap_parse_arp(ctx, xdp, p, off);
+}
+
+/* The TC programs' parser. */
+static __always_inline void vtap_parse_skb(struct __sk_buff *skb, struct vtap_parse *p, __u32 dir)
+{
+	vtap_parse_ctx(skb, 0, p, dir);
 }
 
 #endif /* VTAP_PARSE_H */

@@ -75,6 +75,7 @@ enum vtap_drop_reason {
 	VTAP_DROP_RATE_LIMITED = 4, /* over the policy's pps/bps limit (per packet) */
 	VTAP_DROP_RING_FULL = 5, /* pcap output: no room in the ring buffer */
 	VTAP_DROP_XMIT_DROPPED = 6, /* cloned, but the output's queue dropped it */
+	VTAP_DROP_XDP_MODE = 7, /* an interface output of a tap in XDP mode (no copy from XDP) */
 	VTAP_DROP_REASONS = 8,
 };
 

@@ -603,3 +603,62 @@ fn hostile_capture_names_are_rejected() {
     );
     d.stop().expect("daemon exits 0");
 }
+
+/// A tap in XDP mode: ingress captures are the same records as from TC;
+/// a copy to an interface is impossible there and counted as `xdp_mode`;
+/// egress is not tapped; the VM's traffic is untouched.
+#[test]
+fn xdp_mode_tap_captures_ingress() {
+    let Some(tb) = testbed("xdp_mode_tap_captures_ingress", Options::default().vms(2)) else {
+        return;
+    };
+    let mirror = "version: 1\nname: mirror\ntaps: [vm1-tap]\nmatch: {protocol: udp, dst_ports: [6400]}\noutputs:\n  - interface: mon0\n    vlan: 40\n";
+    let d = tb
+        .start_daemon_with(
+            &[
+                ("mirror.yaml", mirror),
+                (
+                    "cap.yaml",
+                    &pcap_policy("cap", "protocol: udp\nbidirectional: true\ndst_ports: [6400]", "x", 128),
+                ),
+            ],
+            &["--xdp-tap", "vm1-*"],
+        )
+        .expect("daemon");
+    let r = d.get("/api/v1/taps/vm1-tap").unwrap();
+    let tap: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(tap["mode"], "xdp", "{tap:#}");
+    assert_eq!(tap["attached"], serde_json::json!(["ingress"]), "{tap:#}");
+    let u = tb
+        .udp(Udp {
+            from: 1,
+            to: 2,
+            port: 6400,
+            count: 20,
+            size: 500,
+            ipv6: false,
+            echo: true,
+        })
+        .unwrap();
+    assert_eq!((u.received, u.replies), (20, 20), "traffic intact: {u:?}");
+    let v = settle(&d, "x", 20);
+    let pk = all_packets(&v);
+    // Ingress only: the requests, not the replies.
+    assert_eq!(pk.len(), 20, "{v:#}");
+    for p in &pk {
+        assert_eq!(p.iface, "vm1-tap:ingress");
+        assert_eq!((p.len, p.caplen), (542, 128), "{p:?}");
+        assert_eq!(p.dport, "6400");
+    }
+    let m = d.metrics().unwrap();
+    assert_eq!(
+        m.sum(
+            "vtap_policy_dropped_copies_total",
+            &[("policy", "mirror"), ("reason", "xdp_mode")]
+        ),
+        20.0,
+        "{}",
+        m.dump("vtap_policy")
+    );
+    d.stop().expect("daemon exits 0");
+}

@@ -119,6 +119,7 @@ fn main() -> anyhow::Result<()> {
             taps.insert(
                 "vm1-tap".to_string(),
                 TapState {
+                    xdp: false,
                     ifindex: 1,
                     slot: 0,
                     wanted: Dir::ALL.into(),

@@ -95,6 +95,7 @@ pub mod drop_reason {
     pub const RATE_LIMITED: usize = 4;
     pub const RING_FULL: usize = 5;
     pub const XMIT_DROPPED: usize = 6;
+    pub const XDP_MODE: usize = 7;
     pub const COUNT: usize = 8;
     /// Label values, indexed by reason (`None` = unused slot).
     pub const NAMES: [Option<&str>; COUNT] = [
@@ -105,7 +106,7 @@ pub mod drop_reason {
         Some("rate_limited"),
         Some("ring_full"),
         Some("xmit_dropped"),
-        None,
+        Some("xdp_mode"),
     ];
 }
 

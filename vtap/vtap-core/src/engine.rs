@@ -64,6 +64,9 @@ pub struct TapState {
     pub attached: BTreeSet<Dir>,
     /// Last attach error, if any.
     pub error: Option<String>,
+    /// Ingress attached with XDP instead of TCX (counting and captures only;
+    /// no egress).
+    pub xdp: bool,
 }
 
 /// Counters of one tap + direction.
@@ -138,6 +141,8 @@ pub struct Engine {
     explicit: BTreeMap<String, BTreeSet<Dir>>,
     /// Where pcap records go (None: pcap outputs' records are not read).
     captures: Option<std::sync::Arc<Captures>>,
+    /// Interfaces (globs) attached in XDP mode.
+    xdp_taps: Vec<glob::Pattern>,
 }
 
 impl Engine {
@@ -159,6 +164,7 @@ impl Engine {
             missing: BTreeSet::new(),
             explicit: BTreeMap::new(),
             captures: None,
+            xdp_taps: Vec::new(),
         })
     }
 
@@ -175,6 +181,14 @@ impl Engine {
     /// Output id → capture name, for the captures of the running set.
     pub fn capture_ids(&self) -> BTreeMap<u8, String> {
         capture_ids(&self.assignment)
+    }
+
+    /// Interfaces matching one of `patterns` are attached in XDP mode from
+    /// the next change on: ingress only, counting and pcap captures (copies
+    /// to interfaces are counted as `xdp_mode` drops). Call before the first
+    /// [`Engine::apply`].
+    pub fn set_xdp_taps(&mut self, patterns: Vec<glob::Pattern>) {
+        self.xdp_taps = patterns;
     }
 
     /// Routes pcap records to `captures` from the next [`Engine::apply`] on.
@@ -330,6 +344,7 @@ impl Engine {
                 taps.insert(
                     name.clone(),
                     TapState {
+                        xdp: false,
                         ifindex: 0,
                         slot: 0,
                         wanted: BTreeSet::new(),
@@ -346,6 +361,7 @@ impl Engine {
                 let is_glob = text.contains(['*', '?', '[']);
                 if !is_glob && !links.contains_key(text) {
                     taps.entry(text.to_string()).or_insert_with(|| TapState {
+                        xdp: false,
                         ifindex: 0,
                         slot: 0,
                         wanted: BTreeSet::new(),
@@ -390,8 +406,19 @@ impl Engine {
                     s
                 }
             };
+            let xdp = self.xdp_taps.iter().any(|p| p.matches(name));
+            let mut dirs = dirs.clone();
+            let mut error = None;
+            if xdp && dirs.remove(&Dir::Egress) {
+                error = Some(
+                    "XDP mode taps only see ingress (packets from the VM); egress is not tapped"
+                        .to_string(),
+                );
+            }
             let attached: BTreeSet<Dir> = match self.taps.get(name) {
-                Some(t) if t.ifindex == ifindex => t.attached.intersection(dirs).copied().collect(),
+                Some(t) if t.ifindex == ifindex && t.xdp == xdp => {
+                    t.attached.intersection(&dirs).copied().collect()
+                }
                 _ => BTreeSet::new(),
             };
             taps.insert(
@@ -399,9 +426,10 @@ impl Engine {
                 TapState {
                     ifindex,
                     slot,
-                    wanted: dirs.clone(),
+                    wanted: dirs,
                     attached,
-                    error: None,
+                    error,
+                    xdp,
                 },
             );
         }
@@ -424,10 +452,15 @@ impl Engine {
         for (name, st) in taps.iter_mut() {
             let missing: Vec<Dir> = st.wanted.difference(&st.attached).copied().collect();
             for dir in missing {
-                match self.dp.attach(name, st.ifindex, dir) {
+                let r = if st.xdp && dir == Dir::Ingress {
+                    self.dp.attach_xdp(name)
+                } else {
+                    self.dp.attach(name, st.ifindex, dir)
+                };
+                match r {
                     Ok(()) => {
                         st.attached.insert(dir);
-                        tracing::info!(iface = %name, ifindex = st.ifindex, dir = dir.as_str(), "attached");
+                        tracing::info!(iface = %name, ifindex = st.ifindex, dir = dir.as_str(), xdp = st.xdp, "attached");
                     }
                     Err(e) => {
                         tracing::warn!(iface = %name, dir = dir.as_str(), error = %e, "attach failed");

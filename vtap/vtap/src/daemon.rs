@@ -29,7 +29,8 @@ use crate::api::{AppState, Auth, Core};
 pub struct DaemonArgs {
     /// Daemon configuration file (YAML: listen, policies, state_dir,
     /// token_file, public_read, insecure, body_limit, request_timeout_ms,
-    /// refresh_ms, log_format, capture_ring_mib, capture_defaults, captures).
+    /// refresh_ms, log_format, capture_ring_mib, capture_defaults, captures,
+    /// xdp_taps).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Address of the REST API and /metrics [default: 127.0.0.1:7470].
@@ -62,6 +63,11 @@ pub struct DaemonArgs {
     /// of two) [default: 16].
     #[arg(long)]
     pub capture_ring_mib: Option<u32>,
+    /// Attach interfaces matching this glob in XDP mode instead of TCX
+    /// (repeatable): ingress only, for counting and pcap captures at the
+    /// lowest cost; copies to interfaces are not possible there.
+    #[arg(long = "xdp-tap", value_name = "GLOB")]
+    pub xdp_taps: Vec<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -80,6 +86,8 @@ struct ConfigFile {
     refresh_ms: Option<u64>,
     log_format: Option<String>,
     capture_ring_mib: Option<u32>,
+    #[serde(default)]
+    xdp_taps: Vec<String>,
     /// Settings of captures created by a policy that names them.
     #[serde(default)]
     capture_defaults: CaptureConfig,
@@ -103,6 +111,7 @@ pub struct Config {
     pub capture_ring_bytes: u32,
     pub capture_defaults: CaptureConfig,
     pub captures: BTreeMap<String, CaptureConfig>,
+    pub xdp_taps: Vec<glob::Pattern>,
 }
 
 fn config(args: &DaemonArgs) -> anyhow::Result<Config> {
@@ -164,6 +173,14 @@ fn config(args: &DaemonArgs) -> anyhow::Result<Config> {
         vtap_core::capture::name::validate_capture_name(name)
             .map_err(|e| anyhow::anyhow!("captures.{name}: {e}"))?;
     }
+    let mut xdp_taps = Vec::new();
+    for t in args.xdp_taps.iter().chain(&file.xdp_taps) {
+        vtap_core::policy::validate::check_ifname(&t.replace(['*', '?', '[', ']'], "x"))
+            .map_err(|e| anyhow::anyhow!("xdp tap {t:?}: {e}"))?;
+        xdp_taps.push(
+            glob::Pattern::new(t).map_err(|e| anyhow::anyhow!("xdp tap {t:?}: {e}"))?,
+        );
+    }
     let body_limit = args.body_limit.or(file.body_limit).unwrap_or(1 << 20);
     if body_limit < 1024 {
         anyhow::bail!("body_limit must be at least 1024 bytes");
@@ -189,6 +206,7 @@ fn config(args: &DaemonArgs) -> anyhow::Result<Config> {
         capture_ring_bytes: ring_mib << 20,
         capture_defaults: file.capture_defaults,
         captures: file.captures,
+        xdp_taps,
     })
 }
 
@@ -277,8 +295,10 @@ pub async fn build_state(cfg: &Config) -> anyhow::Result<AppState> {
         pcap_ring_bytes: cfg.capture_ring_bytes,
     };
     let caps = captures.clone();
+    let xdp_taps = cfg.xdp_taps.clone();
     let (engine, reader) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut engine = Engine::with_options(opts)?;
+        engine.set_xdp_taps(xdp_taps);
         engine.set_captures(caps.clone());
         let ring = engine
             .take_pcap_ring()

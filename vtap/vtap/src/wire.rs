@@ -134,7 +134,8 @@ pub struct TapInfo {
     pub name: String,
     /// Interface index (0 when it does not exist).
     pub ifindex: u32,
-    /// Attach mode (`tcx`).
+    /// Attach mode: `tcx` (both directions, mirroring and captures) or
+    /// `xdp` (ingress only, counting and captures; see `--xdp-tap`).
     pub mode: String,
     /// Directions wanted (by policies or explicitly).
     pub directions: Vec<String>,

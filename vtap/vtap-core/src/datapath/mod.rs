@@ -16,7 +16,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use aya::maps::{Map, MapData, RingBuf};
 use aya::{Ebpf, EbpfLoader};
 use aya::programs::tc::SchedClassifierLinkId;
-use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
+use aya::programs::xdp::{XdpLinkId, XdpMode};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp};
 use vtap_abi::Dir;
 
 /// The compiled TC datapath (built by `build.rs` from `ebpf/vtap_tc.c`).
@@ -26,6 +27,14 @@ pub static TC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 pub const PROG_INGRESS: &str = "vtap_tc_ingress";
 /// See [`PROG_INGRESS`].
 pub const PROG_EGRESS: &str = "vtap_tc_egress";
+/// The XDP program (ingress only: counting and pcap captures).
+pub const PROG_XDP: &str = "vtap_xdp_ingress";
+
+/// A live attachment.
+enum LinkId {
+    Tc(SchedClassifierLinkId),
+    Xdp(XdpLinkId),
+}
 
 /// Errors of the datapath layer.
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +196,7 @@ pub struct Datapath {
     /// Number of possible CPUs (per-CPU value stride).
     pub ncpus: usize,
     barrier: sys::RcuBarrier,
-    links: BTreeMap<(String, Dir), SchedClassifierLinkId>,
+    links: BTreeMap<(String, Dir), LinkId>,
     pcap_ring: Option<RingBuf<MapData>>,
 }
 
@@ -233,6 +242,18 @@ impl Datapath {
                 source: Box::new(e),
             })?;
         }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(PROG_XDP)
+            .ok_or(DatapathError::MissingMap(PROG_XDP))?
+            .try_into()
+            .map_err(|e| DatapathError::Program {
+                program: PROG_XDP,
+                source: Box::new(e),
+            })?;
+        xdp.load().map_err(|e| DatapathError::Program {
+            program: PROG_XDP,
+            source: Box::new(e),
+        })?;
         let mut take = |name: &'static str| -> Result<MapHandle, DatapathError> {
             let m = ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))?;
             Ok(MapHandle {
@@ -350,16 +371,58 @@ impl Datapath {
                 dir: dir.as_str(),
                 source: Box::new(e),
             })?;
-        self.links.insert((iface.to_string(), dir), link);
+        self.links.insert((iface.to_string(), dir), LinkId::Tc(link));
         Ok(())
+    }
+
+    /// Attaches the XDP program to `iface` (ingress; native mode when the
+    /// driver has it — veth and tap do — else generic). Idempotent.
+    pub fn attach_xdp(&mut self, iface: &str) -> Result<(), DatapathError> {
+        let key = (iface.to_string(), Dir::Ingress);
+        if self.links.contains_key(&key) {
+            return Ok(());
+        }
+        let prog = self.xdp_mut();
+        let link = match prog.attach(iface, XdpMode::Driver) {
+            Ok(l) => l,
+            Err(_) => prog
+                .attach(iface, XdpMode::Skb)
+                .map_err(|e| DatapathError::Attach {
+                    iface: iface.to_string(),
+                    dir: "ingress (xdp)",
+                    source: Box::new(e),
+                })?,
+        };
+        self.links.insert(key, LinkId::Xdp(link));
+        Ok(())
+    }
+
+    /// Whether `iface`'s ingress is attached in XDP mode.
+    pub fn is_xdp(&self, iface: &str) -> bool {
+        matches!(
+            self.links.get(&(iface.to_string(), Dir::Ingress)),
+            Some(LinkId::Xdp(_))
+        )
+    }
+
+    fn xdp_mut(&mut self) -> &mut Xdp {
+        self.ebpf.program_mut(PROG_XDP).unwrap().try_into().unwrap()
+    }
+
+    /// The XDP program (test runs).
+    pub fn xdp_program(&self) -> &Xdp {
+        self.ebpf.program(PROG_XDP).unwrap().try_into().unwrap()
     }
 
     /// Detaches the program of `dir` from `iface`. A link whose interface is
     /// gone is already detached by the kernel; that is not an error.
     pub fn detach(&mut self, iface: &str, dir: Dir) -> Result<(), DatapathError> {
-        if let Some(link) = self.links.remove(&(iface.to_string(), dir))
-            && let Err(e) = self.program_mut(dir).detach(link)
-        {
+        let r = match self.links.remove(&(iface.to_string(), dir)) {
+            Some(LinkId::Tc(link)) => self.program_mut(dir).detach(link),
+            Some(LinkId::Xdp(link)) => self.xdp_mut().detach(link),
+            None => Ok(()),
+        };
+        if let Err(e) = r {
             tracing::debug!(iface, dir = dir.as_str(), error = %e, "detach");
         }
         Ok(())

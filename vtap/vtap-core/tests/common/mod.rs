@@ -100,6 +100,7 @@ impl Harness {
         taps.insert(
             TAP.to_string(),
             TapState {
+                xdp: false,
                 ifindex: 1,
                 slot: 0,
                 wanted: Dir::ALL.into_iter().collect(),
