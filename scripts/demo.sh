@@ -4,7 +4,8 @@
 #   (3 namespace VMs on a bridge + a monitor), runs `vtap daemon` with
 #   mirror-policies/ in the testbed's host namespace, captures on the monitor
 #   while the VMs talk (ping, TCP, DNS-like UDP, IPv6), then shows what the
-#   monitor received per VLAN and vtap's metrics. Everything is removed on
+#   monitor received per VLAN, what the pcap capture `web` wrote, and vtap's
+#   metrics. Everything is removed on
 #   exit, also on Ctrl-C or failure.
 #
 # Options (environment): POLICIES=dir (default mirror-policies), KEEP=1 to keep
@@ -128,6 +129,22 @@ echo "first frames of each VLAN (tcpdump -e -n -r mon0.pcap vlan N):"
 for vid in $(tcpdump -e -n -r "$WORK/mon0.pcap" 2>/dev/null | grep -oE 'vlan [0-9]+' | awk '{print $2}' | sort -un); do
     tcpdump -e -n -r "$WORK/mon0.pcap" "vlan $vid" 2>/dev/null | head -n 2 | cut -c1-220 || true
 done
+
+bold "what the pcap capture got (policy web-pcap: vtap capture list, tshark -r)"
+ip netns exec "$HOST" "$VTAP" --api "http://127.0.0.1:$PORT" capture list
+CAPFILE=$(api /api/v1/captures/web | python3 -c 'import json,sys; f=json.load(sys.stdin)["files"]; print(f[-1]["path"] if f else "")')
+if [ -n "$CAPFILE" ]; then
+    echo
+    capinfos -c -i -M "$CAPFILE" 2>/dev/null | sed 's/^/  /' || true
+    echo "first packets (tshark -r $(basename "$CAPFILE")):"
+    tshark -n -r "$CAPFILE" -c 6 -T fields -E separator=' ' \
+        -e frame.interface_name -e frame.len -e frame.cap_len -e ip.src -e ip.dst -e tcp.srcport -e tcp.dstport -e frame.comment \
+        2>/dev/null | sed 's/^/  /' || true
+else
+    echo "no capture file: see the daemon log" >&2
+    exit 1
+fi
+echo "live: ip netns exec $HOST $VTAP --api http://127.0.0.1:$PORT capture stream web | tcpdump -n -r -"
 
 bold "vtap metrics (non-zero samples of GET /metrics)"
 api /metrics >"$WORK/metrics.txt"

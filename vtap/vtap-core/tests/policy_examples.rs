@@ -21,11 +21,16 @@ fn set() -> Vec<Policy> {
 #[test]
 fn directory_is_a_valid_set() {
     let ps = set();
-    assert!((4..=6).contains(&ps.len()), "{} policies", ps.len());
+    assert!((4..=7).contains(&ps.len()), "{} policies", ps.len());
     assert!(ps.iter().any(|p| !p.enabled), "one example is disabled");
     let a = Assignment::assign(&ps, &Assignment::default()).unwrap();
     let c = compile(&ps, &a).unwrap();
-    assert!(c.outputs.values().all(|o| o.interface == "mon0"));
+    assert!(
+        c.outputs
+            .values()
+            .all(|o| o.interface == "mon0" || o.capture.as_deref() == Some("web"))
+    );
+    assert_eq!(c.pcap.len(), 1, "one capture");
 }
 
 #[test]
@@ -70,12 +75,12 @@ fn examples_select_what_they_say() {
     let syn = ipv4_tcp(vm1, vm2, 6, 40000, 443, 0x02);
     assert_eq!(
         classify(&ps, "vm1-tap", Dir::Ingress, &syn, None),
-        names(&["tcp-syn", "web-bidir"])
+        names(&["tcp-syn", "web-bidir", "web-pcap"])
     );
     let synack = ipv4_tcp(vm2, vm1, 6, 443, 40000, 0x12);
     assert_eq!(
         classify(&ps, "vm2-tap", Dir::Ingress, &synack, None),
-        names(&["web-bidir"])
+        names(&["web-bidir", "web-pcap"])
     );
     // Seen again on the receiving tap: nothing (ingress-only policies).
     assert!(classify(&ps, "vm2-tap", Dir::Egress, &syn, None).is_empty());
