@@ -25,6 +25,7 @@ POLICY_NAMES = ["seed", "web", "p", "a-b_c", "x" * 63, "x" * 64, "Bad", "-x", ""
 VALID_TAPS = ["vm1-tap", "vm2-tap", "vm*-tap", "vm?-tap", "vm[12]-tap", "vnet*", "br0", "vm9-tap"]
 IFACES = ["vm1-tap", "vm2-tap", "br0", "mon0", "vm9-tap", "lo", "x" * 15, "x" * 16, "a b", "..", "."]
 OUTPUT_IFACES = ["mon0", "nosuch0", "mon1"]
+CAPTURE_NAMES = ["cap", "web", "a.b-c_1", "../x", "/abs", "x" * 65]
 V4 = ["10.0.0.0/24", "10.0.0.1/32", "10.0.0.2/32", "0.0.0.0/0", "192.0.2.0/24"]
 V6 = ["fd00::/64", "fd00::1/128", "fd00::2/128", "::/0"]
 PORTS = [53, 80, 443, 1, 65535, "1000-2000", "0-65535", 7001]
@@ -42,6 +43,7 @@ MUTATIONS = [
     ("outputs", [{"interface": "mon*", "vlan": 5}]), ("outputs", [{"pcap": "cap"}]),
     ("outputs", [{"pcap": "cap", "vlan": 3}]), ("outputs", [{"interface": "mon0", "vlan": 7}] * 2),
     ("outputs", [{"vlan": 7}]), ("sample_one_in", 0), ("sample_one_in", 2), ("snaplen", 64),
+    ("snaplen", 13), ("snaplen", 9217), ("outputs", [{"pcap": "cap"}, {"pcap": "cap"}]),
     ("rate_limit", {"pps": 10}), ("rate_limit", {"x": 1}), ("unknown_field", True),
     ("match", {"src": []}), ("match", {"src": ["300.0.0.0/8"]}), ("match", {"dst": ["fd00::/129"]}),
     ("match", {"src": ["10.0.0.0/24"], "dst": ["fd00::/64"]}), ("match", {"ether_type": "ipv6", "src": ["10.0.0.0/8"]}),
@@ -103,6 +105,8 @@ def policy(rng, name):
         if _maybe(rng, 0.85):
             o["vlan"] = rng.choice([rng.randint(1, 4094), rng.randint(100, 110), 1, 4094])
         outs.append(o)
+    if _maybe(rng, 0.25):
+        outs.append({"pcap": rng.choice(CAPTURE_NAMES)})
     p = {
         "version": 1,
         "name": name,

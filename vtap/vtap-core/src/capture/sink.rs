@@ -280,7 +280,9 @@ impl Captures {
     }
 
     /// Points the datapath's output ids at captures after a policy change
-    /// (creating captures named for the first time).
+    /// (creating captures named for the first time). A capture that no
+    /// policy names any more, that is not configured and that nobody is
+    /// streaming is closed (its files stay on disk) and forgotten.
     pub fn sync(
         &self,
         capture_ids: &BTreeMap<u8, String>,
@@ -291,11 +293,29 @@ impl Captures {
         for (id, name) in capture_ids {
             by_output.insert(*id, self.get_or_create(name)?);
         }
+        let named: std::collections::BTreeSet<&String> = capture_ids.values().collect();
         *self.routes.write().unwrap() = Routes {
             by_output,
             slot_names,
             policies,
         };
+        let gone: Vec<Arc<Capture>> = {
+            let mut w = self.by_name.write().unwrap();
+            let names: Vec<String> = w
+                .iter()
+                .filter(|(n, c)| {
+                    !named.contains(n)
+                        && !self.configured.contains_key(*n)
+                        && c.counters.subscribers.load(Ordering::Relaxed) == 0
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            names.iter().filter_map(|n| w.remove(n)).collect()
+        };
+        for c in gone {
+            tracing::info!(capture = %c.name, "capture no longer named by a policy: closed");
+            c.shutdown();
+        }
         Ok(())
     }
 
@@ -404,5 +424,85 @@ impl Capture {
             writer_queue_full: c.writer_queue_full.load(Ordering::Relaxed),
             writer_lag_seconds: c.writer_lag_us.load(Ordering::Relaxed) as f64 / 1e6,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::{IfaceDir, Packet};
+    use vtap_abi::Dir;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vtap-sink-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn pkt(i: u8) -> SharedPacket {
+        Arc::new(Packet {
+            ts_ns: 1_700_000_000_000_000_000 + i as u64,
+            orig_len: 60,
+            data: vec![i; 60],
+            iface: IfaceDir {
+                ifindex: 3,
+                ifname: "vm1-tap".into(),
+                dir: Dir::Ingress,
+            },
+            policies: vec!["p".to_string()].into(),
+        })
+    }
+
+    #[test]
+    fn unnamed_captures_are_closed_configured_ones_stay() {
+        let d = tmp("sync");
+        let mut configured = BTreeMap::new();
+        configured.insert("kept".to_string(), CaptureConfig::default());
+        let caps = Captures::new(&d, CaptureConfig::default(), configured).unwrap();
+        let ids: BTreeMap<u8, String> = [(1, "a".to_string()), (2, "b".to_string())].into();
+        caps.sync(&ids, BTreeMap::new(), BTreeMap::new()).unwrap();
+        assert_eq!(caps.all().len(), 3);
+        let b = caps.get("b").unwrap();
+        let _sub = b.subscribe(); // a streamed capture is not closed
+        caps.sync(&BTreeMap::new(), BTreeMap::new(), BTreeMap::new())
+            .unwrap();
+        let names: Vec<String> = caps.all().iter().map(|c| c.name.clone()).collect();
+        assert_eq!(names, vec!["b", "kept"]);
+        assert!(caps.routes().by_output.is_empty());
+        caps.shutdown();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn delivery_reaches_files_and_subscribers_and_lag_is_skipped() {
+        let d = tmp("deliver");
+        let caps = Captures::new(&d, CaptureConfig::default(), BTreeMap::new()).unwrap();
+        let c = caps.get_or_create("c").unwrap();
+        let mut slow = c.subscribe();
+        let mut fast = c.subscribe();
+        for i in 0..(STREAM_QUEUE + 10) {
+            c.deliver(pkt(i as u8));
+            // The fast one keeps up.
+            assert!(fast.rx.try_recv().is_ok());
+        }
+        // The slow one lagged by 10 packets: it skips them and goes on.
+        match slow.rx.try_recv() {
+            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                assert_eq!(n, 10);
+                slow.lost(n);
+            }
+            other => panic!("expected Lagged, got {other:?}"),
+        }
+        assert!(slow.rx.try_recv().is_ok());
+        assert_eq!(c.counters.stream_lost.load(Ordering::Relaxed), 10);
+        assert_eq!(c.counters.subscribers.load(Ordering::Relaxed), 2);
+        drop(slow);
+        assert_eq!(c.counters.subscribers.load(Ordering::Relaxed), 1);
+        // Every packet reached the file writer.
+        caps.shutdown();
+        let st = c.files_status();
+        assert_eq!(st.stats.packets_written as usize, STREAM_QUEUE + 10);
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
