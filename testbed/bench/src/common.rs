@@ -1,5 +1,5 @@
 //! Helpers shared by the benchmark binaries (`bench-throughput`,
-//! `bench-shaping`).
+//! `bench-shaping`, `bench-capture`).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -129,7 +129,10 @@ pub fn thread_cpu_delta(
     let mut m = std::collections::BTreeMap::new();
     for (k, v) in after {
         let d = v - before.get(k).copied().unwrap_or(0.0);
-        let name = k.rsplit_once('/').map_or(k.as_str(), |(n, _)| n).to_string();
+        let name = k
+            .rsplit_once('/')
+            .map_or(k.as_str(), |(n, _)| n)
+            .to_string();
         *m.entry(name).or_insert(0.0) += d;
     }
     m
@@ -351,7 +354,8 @@ impl IperfResult {
 
 /// Parses `iperf3 -J` output of the client.
 pub fn parse_iperf3_json(text: &str) -> Result<IperfResult> {
-    let v: serde_json::Value = serde_json::from_str(text).context("iperf3 -J output is not JSON")?;
+    let v: serde_json::Value =
+        serde_json::from_str(text).context("iperf3 -J output is not JSON")?;
     if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
         bail!("iperf3: {e}");
     }
@@ -398,10 +402,19 @@ pub fn iperf3_vm1_to_vm2(
     }
     server_args.extend(["-s".into(), "-1".into(), "-p".into(), port_s.clone()]);
     let sa: Vec<&str> = server_args.iter().map(|s| s.as_str()).collect();
-    let mut server = tb.spawn(&vm2.ns, if pin.is_some() { "taskset" } else { "iperf3" }, &sa)?;
+    let mut server = tb.spawn(
+        &vm2.ns,
+        if pin.is_some() { "taskset" } else { "iperf3" },
+        &sa,
+    )?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let o = cmd::ns_run_ok(&vm2.ns, "ss", &["-Hltn", &format!("sport = :{port}")], SHORT)?;
+        let o = cmd::ns_run_ok(
+            &vm2.ns,
+            "ss",
+            &["-Hltn", &format!("sport = :{port}")],
+            SHORT,
+        )?;
         if !o.stdout.trim().is_empty() {
             break;
         }
@@ -444,4 +457,102 @@ pub fn iperf3_vm1_to_vm2(
     r.wall_seconds = wall;
     let _ = server.wait_timeout(std::time::Duration::from_secs(3));
     Ok(r)
+}
+
+/// Context switches (voluntary, involuntary) of each living thread of a
+/// process, keyed like [`thread_cpu_seconds`]. Voluntary switches are the
+/// thread's sleeps: one per wake-up.
+pub fn thread_ctx_switches(pid: u32) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut m = std::collections::BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return m;
+    };
+    for e in rd.flatten() {
+        let tid = e.file_name().to_string_lossy().into_owned();
+        let Ok(st) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            st.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::trim)
+                .unwrap_or("")
+                .to_string()
+        };
+        let name = field("Name:");
+        let vol = field("voluntary_ctxt_switches:").parse().unwrap_or(0);
+        let invol = field("nonvoluntary_ctxt_switches:").parse().unwrap_or(0);
+        m.insert(format!("{name}/{tid}"), (vol, invol));
+    }
+    m
+}
+
+/// [`thread_ctx_switches`] deltas summed by thread name, as JSON
+/// `{name: {voluntary, involuntary}}`.
+pub fn thread_ctx_delta(
+    before: &std::collections::BTreeMap<String, (u64, u64)>,
+    after: &std::collections::BTreeMap<String, (u64, u64)>,
+) -> serde_json::Value {
+    let mut m: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
+    for (k, (v, i)) in after {
+        let (bv, bi) = before.get(k).copied().unwrap_or((0, 0));
+        let name = k
+            .rsplit_once('/')
+            .map_or(k.as_str(), |(n, _)| n)
+            .to_string();
+        let e = m.entry(name).or_insert((0, 0));
+        e.0 += v.saturating_sub(bv);
+        e.1 += i.saturating_sub(bi);
+    }
+    serde_json::Value::Object(
+        m.into_iter()
+            .map(|(k, (v, i))| (k, serde_json::json!({ "voluntary": v, "involuntary": i })))
+            .collect(),
+    )
+}
+
+/// Per-CPU counts of the architecture's named interrupts in
+/// `/proc/interrupts` (`IWI` irq work, `RES` rescheduling IPIs, `CAL`
+/// function-call IPIs, `LOC` local timer, ...): name -> [cpu0, cpu1, ...].
+pub fn named_interrupts() -> std::collections::BTreeMap<String, Vec<u64>> {
+    let ncpu = cpu_count();
+    std::fs::read_to_string("/proc/interrupts")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (name, rest) = l.trim_start().split_once(':')?;
+            if !name.chars().all(|c| c.is_ascii_uppercase()) {
+                return None;
+            }
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .take(ncpu)
+                .map_while(|x| x.parse().ok())
+                .collect();
+            (v.len() == ncpu).then(|| (name.to_string(), v))
+        })
+        .collect()
+}
+
+/// Differences of two [`named_interrupts`] readings (rows that changed).
+pub fn named_interrupts_delta(
+    a: &std::collections::BTreeMap<String, Vec<u64>>,
+    b: &std::collections::BTreeMap<String, Vec<u64>>,
+) -> serde_json::Value {
+    serde_json::Value::Object(
+        b.iter()
+            .filter_map(|(k, vb)| {
+                let va = a.get(k)?;
+                let d: Vec<u64> = vb
+                    .iter()
+                    .zip(va)
+                    .map(|(x, y)| x.saturating_sub(*y))
+                    .collect();
+                d.iter()
+                    .any(|x| *x > 0)
+                    .then(|| (k.clone(), serde_json::json!(d)))
+            })
+            .collect(),
+    )
 }
