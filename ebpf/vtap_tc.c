@@ -617,7 +617,7 @@ static long account_policy(__u64 i, void *arg)
 		if (n < 1 || LOAD(ctx, 0, (void *)(r + 1), n) != 0)                    \
 			n = 0;                                                         \
 		r->cap_len = n;                                                        \
-		bpf_ringbuf_submit(r, 0);                                              \
+		bpf_ringbuf_submit(r, pcap_wakeup(sizeof(*r) + (N)));                  \
 		return pcap_count(hdr, n, 1);                                          \
 	}
 
@@ -632,6 +632,23 @@ static long account_policy(__u64 i, void *arg)
 	PCAP_CLASS(4096, LOAD)                      \
 	PCAP_CLASS(VTAP_PCAP_MAX_CAPLEN, LOAD)      \
 	return pcap_count(hdr, 0, 0);
+
+/* Whether submitting a record of rec bytes should wake the reader. The
+ * default (adaptive) wake-up fires whenever the reader has caught up, which
+ * with a fast reader is almost every record: an irq_work and a cross-CPU
+ * wake-up per packet. Instead the reader polls every few milliseconds, and
+ * is woken early only when this record makes the unread data cross an
+ * eighth of the ring (any eighth: a crossing two CPUs race over is still
+ * caught by the next one), so a burst never waits for the poll timeout to
+ * be drained. */
+static __always_inline __u64 pcap_wakeup(__u64 rec)
+{
+	__u64 step = bpf_ringbuf_query(&vtap_pcap_ring, BPF_RB_RING_SIZE) >> 3;
+	__u64 avail = bpf_ringbuf_query(&vtap_pcap_ring, BPF_RB_AVAIL_DATA);
+	if (step == 0 || avail < rec)
+		return BPF_RB_FORCE_WAKEUP;
+	return avail / step != (avail - rec) / step ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
 
 /* Counts one record of hdr->output: submitted with cap bytes (ok), or not,
  * for lack of room. Returns 0 or VTAP_DROP_RING_FULL. */

@@ -60,7 +60,7 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub log_format: Option<String>,
     /// Size of the pcap ring buffer shared by all captures, in MiB (a power
-    /// of two) [default: 16].
+    /// of two) [default: 64].
     #[arg(long)]
     pub capture_ring_mib: Option<u32>,
     /// Attach interfaces matching this glob in XDP mode instead of TCX
@@ -165,7 +165,7 @@ fn config(args: &DaemonArgs) -> anyhow::Result<Config> {
     let ring_mib = args
         .capture_ring_mib
         .or(file.capture_ring_mib)
-        .unwrap_or(16);
+        .unwrap_or(64);
     if !ring_mib.is_power_of_two() || ring_mib > 1024 {
         anyhow::bail!("capture_ring_mib must be a power of two from 1 to 1024, not {ring_mib}");
     }

@@ -24,7 +24,7 @@ use super::{CaptureConfig, Packet};
 const MIB: u64 = 1024 * 1024;
 
 /// Buffer of the file writer.
-const BUF_CAPACITY: usize = 128 * 1024;
+const BUF_CAPACITY: usize = 1 << 20;
 
 /// How long after a failure [`CaptureFiles::tick`] tries a new file.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -69,6 +69,9 @@ struct OpenFile {
     bytes: u64,
     packets: u64,
     opened: SystemTime,
+    /// Packets whose bytes may still be in the writer's buffer (lost, and
+    /// then counted as not written, if the file fails before a flush).
+    unflushed: u64,
 }
 
 /// What [`CaptureFiles::status`] reports.
@@ -276,6 +279,14 @@ impl CaptureFiles {
             return;
         }
         let len = self.scratch.len() as u64;
+        let buffered = cur.writer.buffer().len() as u64;
+        cur.unflushed = if buffered == 0 {
+            0
+        } else if buffered <= len {
+            1 // the buffer was written out before this packet went in
+        } else {
+            cur.unflushed + 1
+        };
         cur.bytes += len;
         cur.packets += 1;
         self.stats.packets_written += 1;
@@ -310,11 +321,14 @@ impl CaptureFiles {
                     self.stop("seconds");
                 } else if self.time_rotation_due(now) {
                     self.close_current(now);
-                } else if let Some(cur) = self.current.as_mut()
-                    && let Err(e) = cur.writer.flush()
-                {
-                    let msg = format!("{e} flushing {}", cur.path.display());
-                    self.fail(msg, now);
+                } else if let Some(cur) = self.current.as_mut() {
+                    match cur.writer.flush() {
+                        Ok(()) => cur.unflushed = 0,
+                        Err(e) => {
+                            let msg = format!("{e} flushing {}", cur.path.display());
+                            self.fail(msg, now);
+                        }
+                    }
                 }
             }
         }
@@ -390,9 +404,13 @@ impl CaptureFiles {
             return true;
         };
         let path = cur.path.clone();
+        let (unflushed, buffered) = (cur.unflushed, cur.writer.buffer().len() as u64);
         match finish(cur) {
             Ok(()) => true,
             Err(e) => {
+                self.stats.packets_written -= unflushed.min(self.stats.packets_written);
+                self.stats.bytes_written -= buffered.min(self.stats.bytes_written);
+                self.stats.not_written_error += unflushed;
                 self.fail(format!("{e} flushing {}", path.display()), now);
                 false
             }
@@ -461,6 +479,7 @@ impl CaptureFiles {
             bytes: header.len() as u64,
             packets: 0,
             opened: now,
+            unflushed: 0,
         });
         self.state = FileState::Writing;
         self.prune();
@@ -497,6 +516,12 @@ impl CaptureFiles {
     /// far as it was written).
     fn fail(&mut self, error: String, now: SystemTime) {
         if let Some(cur) = self.current.take() {
+            // The packets still buffered never reach the disk: they were
+            // not written after all.
+            let buffered = cur.writer.buffer().len() as u64;
+            self.stats.packets_written -= cur.unflushed.min(self.stats.packets_written);
+            self.stats.bytes_written -= buffered.min(self.stats.bytes_written);
+            self.stats.not_written_error += cur.unflushed;
             // `into_parts` discards the buffer instead of flushing it on drop.
             drop(cur.writer.into_parts());
         }
@@ -685,10 +710,10 @@ mod tests {
         Packet {
             ts_ns: 1_795_317_300_000_000_000 + i * 1_000_001,
             orig_len: len as u32 + 10,
-            data: vec![i as u8; len],
+            data: vec![i as u8; len].into(),
             iface: IfaceDir {
                 ifindex,
-                ifname: format!("tap{ifindex}"),
+                ifname: format!("tap{ifindex}").into(),
                 dir,
             },
             policies: vec![format!("pol{i}")].into(),
@@ -740,7 +765,7 @@ mod tests {
     fn row(p: &Packet) -> Row {
         (
             p.ts_ns,
-            p.data.clone(),
+            p.data.to_vec(),
             p.orig_len,
             format!("{}:{}", p.iface.ifname, p.iface.dir.as_str()),
             format!("policy: {}", p.policies.join(", ")),
@@ -1476,7 +1501,11 @@ mod tests {
             )
         );
         assert_eq!(st.stats.write_errors, 2);
-        assert_eq!(st.stats.packets_written, 3);
+        // p5 was still buffered: lost with the file, so not written.
+        assert_eq!(
+            (st.stats.packets_written, st.stats.not_written_error),
+            (2, 4)
+        );
         files.tick(at(2_040));
         let p6 = pkt(6, 100);
         files.write(&p6, at(2_050));

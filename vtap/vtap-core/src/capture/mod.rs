@@ -15,6 +15,7 @@ pub mod sink;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use vtap_abi::Dir;
 
@@ -26,8 +27,9 @@ pub struct Packet {
     /// Length of the packet on the wire (the skb length; a GSO super-packet
     /// keeps its whole length).
     pub orig_len: u32,
-    /// The captured bytes (`data.len()` is the caplen, ≤ `orig_len`).
-    pub data: Vec<u8>,
+    /// The captured bytes (`data.len()` is the caplen, ≤ `orig_len`): a
+    /// slice of the buffer of one ring drain, shared, not copied per packet.
+    pub data: Bytes,
     /// Where it was seen.
     pub iface: IfaceDir,
     /// Names of the policies that sent it to this capture (at least one);
@@ -40,15 +42,27 @@ pub struct Packet {
 pub struct IfaceDir {
     /// Kernel interface index.
     pub ifindex: u32,
-    /// Interface name at capture time (the ifindex as text when unknown).
-    pub ifname: String,
+    /// Interface name at capture time (`if<ifindex>` when unknown).
+    pub ifname: Arc<str>,
     /// Direction relative to the VM.
     pub dir: Dir,
 }
 
-/// Shared, immutable packet (one per record, shared by the file writer and
-/// every stream subscriber).
-pub type SharedPacket = Arc<Packet>;
+/// The packets of one capture from one drain of the ring: the unit handed to
+/// the file writer and to every live subscriber (one allocation and one
+/// hand-off per drain, not per packet).
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Sequence number of the first packet in the capture's stream (the
+    /// packets of a capture are numbered from 0 in delivery order; a
+    /// subscriber that skipped batches knows how many packets it lost).
+    pub first_seq: u64,
+    /// The packets, in ring order.
+    pub packets: Vec<Packet>,
+}
+
+/// A shared, immutable batch.
+pub type SharedBatch = Arc<Batch>;
 
 /// File settings of one capture (the `captures:` section of the daemon
 /// config; defaults for captures created by a policy).

@@ -7,6 +7,7 @@
 //! blocks are built and serialised with the `pcap-file` crate.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ const MAX_OPTION_BYTES: usize = 65_000;
 #[derive(Debug, Default)]
 pub struct PcapngEncoder {
     interfaces: HashMap<(u32, Dir), u32>,
+    /// The last policy list and its comment text.
+    comment: Option<(Arc<[String]>, String)>,
 }
 
 impl PcapngEncoder {
@@ -96,8 +99,15 @@ impl PcapngEncoder {
         let caplen = u32::try_from(pkt.data.len()).unwrap_or(u32::MAX);
         let mut options = Vec::with_capacity(1);
         if !pkt.policies.is_empty() {
-            let comment = format!("policy: {}", pkt.policies.join(", "));
-            options.push(EnhancedPacketOption::Comment(Cow::Owned(truncate(comment))));
+            // Consecutive packets mostly share their policy list (the same
+            // Arc): format the comment once per list.
+            let cached = matches!(&self.comment, Some((p, _)) if Arc::ptr_eq(p, &pkt.policies));
+            if !cached {
+                let c = truncate(format!("policy: {}", pkt.policies.join(", ")));
+                self.comment = Some((pkt.policies.clone(), c));
+            }
+            let c = &self.comment.as_ref().expect("just set").1;
+            options.push(EnhancedPacketOption::Comment(Cow::Borrowed(c.as_str())));
         }
         let epb = EnhancedPacketBlock {
             interface_id,
@@ -166,10 +176,10 @@ mod tests {
         Packet {
             ts_ns,
             orig_len,
-            data: data.to_vec(),
+            data: data.to_vec().into(),
             iface: IfaceDir {
                 ifindex,
-                ifname: ifname.to_string(),
+                ifname: ifname.into(),
                 dir,
             },
             policies: policies
@@ -322,7 +332,7 @@ mod tests {
             ts_ns: u128::from(input[i].ts_ns),
             caplen: input[i].data.len(),
             orig_len: input[i].orig_len,
-            data: input[i].data.clone(),
+            data: input[i].data.to_vec(),
             comments: comments.iter().map(|c| c.to_string()).collect(),
         };
         let d0 = "vtap tap tap0 ifindex 7 direction ingress";

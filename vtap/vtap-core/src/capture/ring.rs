@@ -3,13 +3,14 @@
 //! it to its capture ([`Captures`]). It never does I/O itself, so a slow disk
 //! or a slow subscriber cannot make the ring fill up.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use aya::maps::{MapData, RingBuf};
+use bytes::Bytes;
 use vtap_abi::{Bitmap, Dir, PcapRec};
 
 use super::sink::{Captures, Routes};
@@ -79,23 +80,23 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 
 /// Names of interfaces by index (cached; a miss asks the kernel).
 #[derive(Default)]
-struct IfNames(HashMap<u32, String>);
+struct IfNames(HashMap<u32, Arc<str>>);
 
 impl IfNames {
-    fn get(&mut self, ifindex: u32) -> String {
+    fn get(&mut self, ifindex: u32) -> Arc<str> {
         if let Some(n) = self.0.get(&ifindex) {
             return n.clone();
         }
         let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
         // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
         let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-        let name = if p.is_null() {
-            format!("if{ifindex}")
+        let name: Arc<str> = if p.is_null() {
+            format!("if{ifindex}").into()
         } else {
             // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
             unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
                 .to_string_lossy()
-                .into_owned()
+                .into()
         };
         self.0.insert(ifindex, name.clone());
         name
@@ -116,6 +117,24 @@ pub fn parse_record(rec: &[u8]) -> Option<(PcapRec, &[u8])> {
     Some((h, data))
 }
 
+/// Records taken from the ring before they are handed on (a batch).
+const MAX_BATCH_RECORDS: usize = 4096;
+/// Bytes of packet data per batch buffer.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// How long the reader sleeps when the ring is empty. The datapath wakes it
+/// early only when the unread data crosses an eighth of the ring (see
+/// `pcap_wakeup` in ebpf/vtap_tc.c), so this bounds the delay of a quiet
+/// capture's packets.
+const POLL_MS: i32 = 5;
+
+/// One record waiting for its batch buffer to be frozen.
+struct Pending {
+    output: u8,
+    off: usize,
+    len: usize,
+    h: PcapRec,
+}
+
 fn run(
     mut ring: RingBuf<MapData>,
     captures: Arc<Captures>,
@@ -125,8 +144,9 @@ fn run(
     let fd = ring.as_raw_fd();
     let mut names = IfNames::default();
     let mut policy_cache: HashMap<Bitmap, Arc<[String]>> = HashMap::new();
-    let mut routes_gen = Routes::default();
+    let mut routes = Routes::default();
     let mut last_refresh = std::time::Instant::now() - std::time::Duration::from_secs(10);
+    let mut pending: Vec<Pending> = Vec::with_capacity(MAX_BATCH_RECORDS);
     while !stop.load(Ordering::Relaxed) {
         let mut pfd = libc::pollfd {
             fd,
@@ -134,60 +154,93 @@ fn run(
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, 100) };
+        unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
         // Routes and names change rarely; refresh them at most every 100 ms
-        // (a record for an id that just appeared is routed on the refresh).
+        // (a record for an id that just appeared triggers a refresh).
         if last_refresh.elapsed() >= std::time::Duration::from_millis(100) {
-            routes_gen = captures.routes();
+            routes = captures.routes();
             policy_cache.clear();
             names.0.clear();
             last_refresh = std::time::Instant::now();
         }
         let offset = realtime_offset_ns();
-        while let Some(item) = ring.next() {
-            counters.records.fetch_add(1, Ordering::Relaxed);
-            let Some((h, data)) = parse_record(&item) else {
-                counters.unrouted.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let mut cap = routes_gen.by_output.get(&h.output);
-            if cap.is_none() {
-                routes_gen = captures.routes();
-                policy_cache.clear();
-                cap = routes_gen.by_output.get(&h.output);
+        loop {
+            // One batch: records copied into one buffer, then handed to
+            // their captures as slices of it.
+            let mut buf: Vec<u8> = Vec::new();
+            pending.clear();
+            while pending.len() < MAX_BATCH_RECORDS && buf.len() < MAX_BATCH_BYTES {
+                let Some(item) = ring.next() else {
+                    break;
+                };
+                counters.records.fetch_add(1, Ordering::Relaxed);
+                let Some((h, data)) = parse_record(&item) else {
+                    counters.unrouted.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                if buf.capacity() == 0 {
+                    buf.reserve(MAX_BATCH_BYTES.min(256 << 10));
+                }
+                pending.push(Pending {
+                    output: h.output,
+                    off: buf.len(),
+                    len: data.len(),
+                    h,
+                });
+                buf.extend_from_slice(data);
             }
-            let Some(cap) = cap else {
-                counters.unrouted.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let policies = policy_cache
-                .entry(h.policies)
-                .or_insert_with(|| {
-                    h.policies
-                        .iter()
-                        .map(|s| {
-                            routes_gen
-                                .slot_names
-                                .get(&(s as u16))
-                                .cloned()
-                                .unwrap_or_else(|| format!("slot{s}"))
-                        })
-                        .collect::<Vec<_>>()
-                        .into()
-                })
-                .clone();
-            let pkt = Packet {
-                ts_ns: (h.ts_ns as i128 + offset).max(0) as u64,
-                orig_len: h.orig_len,
-                data: data.to_vec(),
-                iface: IfaceDir {
-                    ifindex: h.ifindex,
-                    ifname: names.get(h.ifindex),
-                    dir: if h.dir == 0 { Dir::Ingress } else { Dir::Egress },
-                },
-                policies,
-            };
-            cap.deliver(Arc::new(pkt));
+            if pending.is_empty() {
+                break;
+            }
+            let full = pending.len() == MAX_BATCH_RECORDS || buf.len() >= MAX_BATCH_BYTES;
+            let buf = Bytes::from(buf);
+            let mut per_capture: BTreeMap<u8, Vec<Packet>> = BTreeMap::new();
+            for p in &pending {
+                if !routes.by_output.contains_key(&p.output) {
+                    routes = captures.routes();
+                    policy_cache.clear();
+                }
+                if !routes.by_output.contains_key(&p.output) {
+                    counters.unrouted.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let h = &p.h;
+                let policies = policy_cache
+                    .entry(h.policies)
+                    .or_insert_with(|| {
+                        h.policies
+                            .iter()
+                            .map(|s| {
+                                routes
+                                    .slot_names
+                                    .get(&(s as u16))
+                                    .cloned()
+                                    .unwrap_or_else(|| format!("slot{s}"))
+                            })
+                            .collect::<Vec<_>>()
+                            .into()
+                    })
+                    .clone();
+                per_capture.entry(p.output).or_default().push(Packet {
+                    ts_ns: (h.ts_ns as i128 + offset).max(0) as u64,
+                    orig_len: h.orig_len,
+                    data: buf.slice(p.off..p.off + p.len),
+                    iface: IfaceDir {
+                        ifindex: h.ifindex,
+                        ifname: names.get(h.ifindex),
+                        dir: if h.dir == 0 { Dir::Ingress } else { Dir::Egress },
+                    },
+                    policies,
+                });
+            }
+            for (output, packets) in per_capture {
+                if let Some(cap) = routes.by_output.get(&output) {
+                    cap.deliver(packets);
+                }
+            }
+            if !full {
+                break;
+            }
         }
     }
 }

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,12 +22,13 @@ use tokio::sync::broadcast;
 
 use super::files::{CaptureFiles, FilesStatus};
 use super::name::validate_capture_name;
-use super::{CaptureConfig, SharedPacket};
+use super::{Batch, CaptureConfig, Packet, SharedBatch};
 
-/// Packets queued between the ring reader and a capture's file writer.
-const WRITER_QUEUE: usize = 65536;
-/// Packets a live subscriber may fall behind before it skips.
-const STREAM_QUEUE: usize = 16384;
+/// Packets that may wait between the ring reader and a capture's file
+/// writer; beyond that a batch is not queued (`writer_queue_full`).
+const WRITER_QUEUE: usize = 262_144;
+/// Batches a live subscriber may fall behind before it skips.
+const STREAM_QUEUE: usize = 4096;
 /// How often the writer flushes and applies time-based rules.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -60,8 +61,12 @@ pub struct Capture {
     pub counters: CaptureCounters,
     /// Unix time (ms) the capture was created.
     pub created_unix_ms: u64,
-    files_tx: Mutex<Option<SyncSender<SharedPacket>>>,
-    stream: broadcast::Sender<SharedPacket>,
+    files_tx: Mutex<Option<Sender<SharedBatch>>>,
+    /// Packets queued to the writer now.
+    queued: Arc<AtomicUsize>,
+    /// Sequence number of the next packet delivered.
+    next_seq: AtomicU64,
+    stream: broadcast::Sender<SharedBatch>,
     files_status: Arc<Mutex<FilesStatus>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -72,14 +77,17 @@ impl Capture {
         let now = SystemTime::now();
         let files = CaptureFiles::new(state_dir, name, config.clone(), now)?;
         let files_status = Arc::new(Mutex::new(files.status()));
-        let (tx, rx) = sync_channel(WRITER_QUEUE);
+        let (tx, rx) = channel();
         let (stream, _) = broadcast::channel(STREAM_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
         let cap = Arc::new(Capture {
             name: name.to_string(),
             config,
             counters: CaptureCounters::default(),
             created_unix_ms: unix_ms(now),
             files_tx: Mutex::new(Some(tx)),
+            queued: queued.clone(),
+            next_seq: AtomicU64::new(0),
             stream,
             files_status: files_status.clone(),
             writer: Mutex::new(None),
@@ -87,38 +95,53 @@ impl Capture {
         let weak = Arc::downgrade(&cap);
         let handle = std::thread::Builder::new()
             .name(format!("vtap-cap-{}", truncate(name, 7)))
-            .spawn(move || writer_loop(files, rx, files_status, weak))
+            .spawn(move || writer_loop(files, rx, queued, files_status, weak))
             .map_err(|e| format!("starting the writer thread of capture {name}: {e}"))?;
         *cap.writer.lock().unwrap() = Some(handle);
         Ok(cap)
     }
 
-    /// Hands one packet to the file writer and the live subscribers; never
-    /// blocks.
-    pub fn deliver(&self, pkt: SharedPacket) {
-        let c = &self.counters;
-        c.received.fetch_add(1, Ordering::Relaxed);
-        c.received_bytes
-            .fetch_add(pkt.data.len() as u64, Ordering::Relaxed);
-        if self.stream.receiver_count() > 0 && self.stream.send(pkt.clone()).is_ok() {
-            c.streamed.fetch_add(1, Ordering::Relaxed);
+    /// Hands packets (of one ring drain) to the file writer and the live
+    /// subscribers; never blocks.
+    pub fn deliver(&self, packets: Vec<Packet>) {
+        let n = packets.len();
+        if n == 0 {
+            return;
         }
-        if let Some(tx) = self.files_tx.lock().unwrap().as_ref() {
-            match tx.try_send(pkt) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    c.writer_queue_full.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+        let c = &self.counters;
+        c.received.fetch_add(n as u64, Ordering::Relaxed);
+        c.received_bytes.fetch_add(
+            packets.iter().map(|p| p.data.len() as u64).sum(),
+            Ordering::Relaxed,
+        );
+        let batch = Arc::new(Batch {
+            first_seq: self.next_seq.fetch_add(n as u64, Ordering::Relaxed),
+            packets,
+        });
+        if self.stream.receiver_count() > 0 && self.stream.send(batch.clone()).is_ok() {
+            c.streamed.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        let tx = self.files_tx.lock().unwrap();
+        let Some(tx) = tx.as_ref() else {
+            return;
+        };
+        if self.queued.load(Ordering::Relaxed) + n > WRITER_QUEUE {
+            c.writer_queue_full.fetch_add(n as u64, Ordering::Relaxed);
+            return;
+        }
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        if tx.send(batch).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            c.writer_queue_full.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
-    /// A new live subscriber: receives every packet delivered from now on
-    /// (or a `Lagged(n)` error when it fell behind by n packets).
+    /// A new live subscriber: receives every packet delivered from now on.
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
         self.counters.subscribers.fetch_add(1, Ordering::Relaxed);
         Subscription {
             rx: self.stream.subscribe(),
+            next_seq: None,
             cap: self.clone(),
         }
     }
@@ -137,20 +160,51 @@ impl Capture {
     }
 }
 
-/// A live subscriber of a capture (counted while it exists).
+/// A live subscriber of a capture (counted while it exists). A subscriber
+/// that falls more than a few thousand batches behind skips the oldest; the
+/// packets it skipped are counted in the capture's `stream_lost`.
 pub struct Subscription {
-    /// The packets.
-    pub rx: broadcast::Receiver<SharedPacket>,
+    rx: broadcast::Receiver<SharedBatch>,
+    /// Sequence number of the next packet expected (None before the first).
+    next_seq: Option<u64>,
     cap: Arc<Capture>,
 }
 
 impl Subscription {
-    /// Records packets this subscriber skipped.
-    pub fn lost(&self, n: u64) {
-        self.cap
-            .counters
-            .stream_lost
-            .fetch_add(n, Ordering::Relaxed);
+    /// The next batch; None when the capture is gone.
+    pub async fn next(&mut self) -> Option<SharedBatch> {
+        loop {
+            match self.rx.recv().await {
+                Ok(b) => return Some(self.seen(b)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// The next batch if one is waiting.
+    pub fn try_next(&mut self) -> Option<SharedBatch> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(b) => return Some(self.seen(b)),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Counts the packets skipped before `b`.
+    fn seen(&mut self, b: SharedBatch) -> SharedBatch {
+        if let Some(want) = self.next_seq
+            && b.first_seq > want
+        {
+            self.cap
+                .counters
+                .stream_lost
+                .fetch_add(b.first_seq - want, Ordering::Relaxed);
+        }
+        self.next_seq = Some(b.first_seq + b.packets.len() as u64);
+        b
     }
 }
 
@@ -165,7 +219,8 @@ impl Drop for Subscription {
 
 fn writer_loop(
     mut files: CaptureFiles,
-    rx: Receiver<SharedPacket>,
+    rx: Receiver<SharedBatch>,
+    queued: Arc<AtomicUsize>,
     status: Arc<Mutex<FilesStatus>>,
     cap: std::sync::Weak<Capture>,
 ) {
@@ -174,16 +229,20 @@ fn writer_loop(
         let r = rx.recv_timeout(TICK);
         let now = SystemTime::now();
         match r {
-            Ok(pkt) => {
-                files.write(&pkt, now);
+            Ok(batch) => {
                 // Drain what is queued before looking at the clock again.
-                let mut last = pkt;
-                while let Ok(p) = rx.try_recv() {
-                    files.write(&p, now);
-                    last = p;
+                let mut next = Some(batch);
+                let mut last_ts = 0;
+                while let Some(b) = next.take() {
+                    for p in &b.packets {
+                        files.write(p, now);
+                    }
+                    queued.fetch_sub(b.packets.len(), Ordering::Relaxed);
+                    last_ts = b.packets.last().map_or(last_ts, |p| p.ts_ns);
+                    next = rx.try_recv().ok();
                 }
                 if let Some(c) = cap.upgrade() {
-                    let lag = unix_ns(now).saturating_sub(last.ts_ns) / 1000;
+                    let lag = unix_ns(now).saturating_sub(last_ts) / 1000;
                     c.counters.writer_lag_us.store(lag, Ordering::Relaxed);
                 }
             }
@@ -440,18 +499,18 @@ mod tests {
         d
     }
 
-    fn pkt(i: u8) -> SharedPacket {
-        Arc::new(Packet {
+    fn pkt(i: u8) -> Packet {
+        Packet {
             ts_ns: 1_700_000_000_000_000_000 + i as u64,
             orig_len: 60,
-            data: vec![i; 60],
+            data: vec![i; 60].into(),
             iface: IfaceDir {
                 ifindex: 3,
                 ifname: "vm1-tap".into(),
                 dir: Dir::Ingress,
             },
             policies: vec!["p".to_string()].into(),
-        })
+        }
     }
 
     #[test]
@@ -481,28 +540,39 @@ mod tests {
         let c = caps.get_or_create("c").unwrap();
         let mut slow = c.subscribe();
         let mut fast = c.subscribe();
+        // Batches of 3 packets.
         for i in 0..(STREAM_QUEUE + 10) {
-            c.deliver(pkt(i as u8));
+            c.deliver(vec![pkt(i as u8), pkt(i as u8), pkt(i as u8)]);
             // The fast one keeps up.
-            assert!(fast.rx.try_recv().is_ok());
+            assert!(fast.try_next().is_some());
         }
-        // The slow one lagged by 10 packets: it skips them and goes on.
-        match slow.rx.try_recv() {
-            Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                assert_eq!(n, 10);
-                slow.lost(n);
-            }
-            other => panic!("expected Lagged, got {other:?}"),
+        // The slow one read the first batch, then fell 10 batches behind:
+        // it skips them (30 packets, counted) and goes on.
+        let mut slow2 = c.subscribe();
+        assert!(slow2.try_next().is_none());
+        let b = slow.try_next().unwrap();
+        assert_eq!(b.first_seq, 30, "oldest kept batch");
+        assert_eq!(c.counters.stream_lost.load(Ordering::Relaxed), 0, "nothing seen yet");
+        // A subscriber that saw batch k and then batch k + 11 lost 30 packets.
+        let mut s = c.subscribe();
+        c.deliver(vec![pkt(1); 3]);
+        assert!(s.try_next().is_some());
+        for _ in 0..STREAM_QUEUE + 10 {
+            c.deliver(vec![pkt(2); 3]);
         }
-        assert!(slow.rx.try_recv().is_ok());
-        assert_eq!(c.counters.stream_lost.load(Ordering::Relaxed), 10);
+        assert!(s.try_next().is_some());
+        assert_eq!(c.counters.stream_lost.load(Ordering::Relaxed), 30);
+        drop((slow2, s));
         assert_eq!(c.counters.subscribers.load(Ordering::Relaxed), 2);
         drop(slow);
         assert_eq!(c.counters.subscribers.load(Ordering::Relaxed), 1);
         // Every packet reached the file writer.
         caps.shutdown();
         let st = c.files_status();
-        assert_eq!(st.stats.packets_written as usize, STREAM_QUEUE + 10);
+        assert_eq!(
+            st.stats.packets_written as usize,
+            3 * (2 * STREAM_QUEUE + 21)
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -210,7 +210,7 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
-            pcap_ring_bytes: 16 << 20,
+            pcap_ring_bytes: 64 << 20,
         }
     }
 }

@@ -17,7 +17,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
 use vtap_core::capture::files::FileState;
 use vtap_core::capture::name::validate_capture_name;
 use vtap_core::capture::pcapng::PcapngEncoder;
@@ -182,44 +181,30 @@ pub async fn stream(
             if max_packets.is_some_and(|m| sent >= m) {
                 return None;
             }
-            let mut out = Vec::new();
-            let mut n = sent;
-            // Wait for one packet (or the deadline), then take whatever else
+            // Wait for one batch (or the deadline), then take whatever else
             // is already queued, so a burst goes out in one chunk.
             let first = match deadline {
-                Some(d) => {
-                    match tokio::time::timeout_at(d.into(), sub.rx.recv()).await {
-                        Ok(r) => r,
-                        Err(_) => return None,
-                    }
-                }
-                None => sub.rx.recv().await,
+                Some(d) => match tokio::time::timeout_at(d.into(), sub.next()).await {
+                    Ok(b) => b,
+                    Err(_) => return None,
+                },
+                None => sub.next().await,
             };
-            let mut next = Some(first);
-            while let Some(r) = next.take() {
-                match r {
-                    Ok(p) => {
-                        enc.encode(&p, &mut out);
-                        n += 1;
+            let mut out = Vec::new();
+            let mut n = sent;
+            let mut next = Some(first?);
+            'batches: while let Some(b) = next.take() {
+                for p in &b.packets {
+                    if max_packets.is_some_and(|m| n >= m) {
+                        break 'batches;
                     }
-                    Err(RecvError::Lagged(k)) => sub.lost(k),
-                    Err(RecvError::Closed) => {
-                        if out.is_empty() {
-                            return None;
-                        }
-                        break;
-                    }
+                    enc.encode(p, &mut out);
+                    n += 1;
                 }
-                if max_packets.is_some_and(|m| n >= m) || out.len() >= 256 * 1024 {
+                if out.len() >= 256 * 1024 {
                     break;
                 }
-                next = match sub.rx.try_recv() {
-                    Ok(p) => Some(Ok(p)),
-                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(k)) => {
-                        Some(Err(RecvError::Lagged(k)))
-                    }
-                    Err(_) => None,
-                };
+                next = sub.try_next();
             }
             Some((Ok(Bytes::from(out)), (sub, enc, None, n)))
         },
