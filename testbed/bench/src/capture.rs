@@ -182,6 +182,33 @@ struct Settings {
     quiet_wait: Duration,
     budget: Duration,
     keep_files: bool,
+    /// Write the capture files to a tmpfs (RAM) instead of the disk: shows
+    /// what the capture pipeline itself sustains when storage is not the
+    /// limit.
+    tmpfs: bool,
+}
+
+/// A tmpfs mounted for one case (files in RAM), unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Result<Tmpfs> {
+        std::fs::create_dir_all(dir)?;
+        let o = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=20g", "vtap-bench"])
+            .arg(dir)
+            .output()?;
+        if !o.status.success() {
+            bail!("mount tmpfs on {}: {}", dir.display(), String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -589,13 +616,19 @@ fn run_case(
     let mut tcpdump = None;
     let mut daemon = None;
     let mut tcpdump_file = None;
+    let mut tmpfs: Option<Tmpfs> = None;
     match method.tool {
         Tool::None => {}
         Tool::Tcpdump => {
-            let file = tb.path(
+            let mut file = tb.path(
                 &format!("tcpdump-{}-{}", regime.name(), method.name()),
                 "pcap",
             );
+            if set.tmpfs {
+                let dir = tb.path("tcpdump-tmpfs", "d");
+                tmpfs = Some(Tmpfs::mount(&dir)?);
+                file = dir.join(file.file_name().unwrap());
+            }
             let mut args: Vec<String> = vec![
                 "-i".into(),
                 TAP.into(),
@@ -648,7 +681,12 @@ fn run_case(
             let policy = method.policy();
             s.insert("policy".into(), json!(policy));
             s.insert("daemon_extra_args".into(), json!(extra));
-            let d = tb.start_daemon_with(&[("cap.yaml", &policy)], &ea)?;
+            let d = tb.start_daemon_prepared(&[("cap.yaml", &policy)], &ea, |state| {
+                if set.tmpfs {
+                    tmpfs = Some(Tmpfs::mount(&state.join("captures"))?);
+                }
+                Ok(())
+            })?;
             // The capture exists once the policy set is applied.
             let mut last = String::new();
             let ok = vtap_testbed::wait_until(Duration::from_secs(10), || match capture_json(&d) {
@@ -795,6 +833,8 @@ fn run_case(
             let _ = std::fs::remove_file(p);
         }
     }
+    // Counted: a tmpfs of this case goes away.
+    drop(tmpfs);
 
     let ip = ip?;
     let tap = before.tap.delta(&after.tap);
@@ -1186,7 +1226,7 @@ const USAGE: &str =
        [--regimes mtu,gso] [--methods none,tcpdump-256,tcpdump-full,vtap-256,vtap-full]
        [--ring-mib N (daemon default)] [--pin CLIENT_CPU,SERVER_CPU|none (0,0)]
        [--capture-cpu N|none (none)] [--tcpdump-buffer-kib N (tcpdump default)]
-       [--quiet-wait S (8)] [--budget S (540)] [--keep-files]
+       [--quiet-wait S (8)] [--budget S (540)] [--keep-files] [--tmpfs]
 Runs as root. Env: VTAP_BIN (default target/release/vtap).";
 
 fn parse_args(args: &[String]) -> Result<(Settings, PathBuf)> {
@@ -1205,6 +1245,7 @@ fn parse_args(args: &[String]) -> Result<(Settings, PathBuf)> {
         quiet_wait: Duration::from_secs(8),
         budget: Duration::from_secs(540),
         keep_files: false,
+        tmpfs: false,
     };
     let mut out = None;
     let mut it = args.iter();
@@ -1262,6 +1303,7 @@ fn parse_args(args: &[String]) -> Result<(Settings, PathBuf)> {
             "--quiet-wait" => set.quiet_wait = Duration::from_secs(val()?.parse()?),
             "--budget" => set.budget = Duration::from_secs(val()?.parse()?),
             "--keep-files" => set.keep_files = true,
+            "--tmpfs" => set.tmpfs = true,
             f if f.starts_with('-') => bail!("unknown flag {f}\n{USAGE}"),
             p => {
                 if out.is_some() {
@@ -1476,16 +1518,17 @@ fn real_main() -> Result<bool> {
     md.push_str(&tmd);
     let _ = writeln!(
         md,
-        "\npackets on {TAP} = its rx + tx during the transfer (ip -s link); captured = packets in the tcpdump file, or vtap's written_packets once its writer caught up; capture CPU = utime + stime of the whole capturing process (/proc/PID/stat) during the transfer, as % of one core, and in seconds until it had handled everything; iperf3 pinned to {}; vtap ring {} MiB; tcpdump buffer {}.",
+        "\npackets on {TAP} = its rx + tx during the transfer (ip -s link); captured = packets in the tcpdump file, or vtap's written_packets once its writer caught up; capture CPU = utime + stime of the whole capturing process (/proc/PID/stat) during the transfer, as % of one core, and in seconds until it had handled everything; iperf3 pinned to {}; vtap ring {} MiB; tcpdump buffer {}; files on {}.",
         set.pin
             .map(|(c, s)| format!("CPU {c} (client) / {s} (server)"))
             .unwrap_or_else(|| "no CPU".into()),
         set.ring_mib
             .map(|m| m.to_string())
-            .unwrap_or_else(|| "16 (default)".into()),
+            .unwrap_or_else(|| "64 (default)".into()),
         set.tcpdump_buffer_kib
             .map(|k| format!("{k} KiB"))
             .unwrap_or_else(|| "default (2 MiB)".into()),
+        if set.tmpfs { "a tmpfs (RAM)" } else { "the disk (the work directory)" },
     );
     let _ = writeln!(
         md,

@@ -9,11 +9,9 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::collections::HashMap;
-use std::time::Duration;
 
 use byteorder::LittleEndian;
 use pcap_file::pcapng::Block;
-use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
 };
@@ -43,7 +41,7 @@ const MAX_OPTION_BYTES: usize = 65_000;
 pub struct PcapngEncoder {
     interfaces: HashMap<(u32, Dir), u32>,
     /// The last policy list and its comment text.
-    comment: Option<(Arc<[String]>, String)>,
+    comment: Option<(Arc<[String]>, Vec<u8>)>,
 }
 
 impl PcapngEncoder {
@@ -97,26 +95,40 @@ impl PcapngEncoder {
             }
         };
         let caplen = u32::try_from(pkt.data.len()).unwrap_or(u32::MAX);
-        let mut options = Vec::with_capacity(1);
+        // Consecutive packets mostly share their policy list (the same Arc):
+        // the comment option is encoded once per list.
         if !pkt.policies.is_empty() {
-            // Consecutive packets mostly share their policy list (the same
-            // Arc): format the comment once per list.
             let cached = matches!(&self.comment, Some((p, _)) if Arc::ptr_eq(p, &pkt.policies));
             if !cached {
                 let c = truncate(format!("policy: {}", pkt.policies.join(", ")));
-                self.comment = Some((pkt.policies.clone(), c));
+                self.comment = Some((pkt.policies.clone(), comment_option(&c)));
             }
-            let c = &self.comment.as_ref().expect("just set").1;
-            options.push(EnhancedPacketOption::Comment(Cow::Borrowed(c.as_str())));
         }
-        let epb = EnhancedPacketBlock {
-            interface_id,
-            timestamp: Duration::from_nanos(pkt.ts_ns),
-            original_len: pkt.orig_len.max(caplen),
-            data: Cow::Borrowed(&pkt.data),
-            options,
+        let opts: &[u8] = match &self.comment {
+            Some((_, o)) if !pkt.policies.is_empty() => o,
+            _ => &[],
         };
-        put(&Block::EnhancedPacket(epb), out);
+        // The enhanced packet block, written field by field (the hot path:
+        // no allocation, one copy of the data). Layout (little-endian):
+        // type 6, total length, interface id, timestamp high and low (in
+        // the interface's 1e-9 resolution), captured and original length,
+        // data padded to 4, options (comment, end of options), total length.
+        let data_len = pkt.data.len();
+        let padded = data_len.div_ceil(4) * 4;
+        let total = 32 + padded + opts.len();
+        let total32 = u32::try_from(total).unwrap_or(u32::MAX);
+        out.reserve(total);
+        out.extend_from_slice(&6u32.to_le_bytes());
+        out.extend_from_slice(&total32.to_le_bytes());
+        out.extend_from_slice(&interface_id.to_le_bytes());
+        out.extend_from_slice(&((pkt.ts_ns >> 32) as u32).to_le_bytes());
+        out.extend_from_slice(&(pkt.ts_ns as u32).to_le_bytes());
+        out.extend_from_slice(&caplen.to_le_bytes());
+        out.extend_from_slice(&pkt.orig_len.max(caplen).to_le_bytes());
+        out.extend_from_slice(&pkt.data);
+        out.resize(out.len() + (padded - data_len), 0);
+        out.extend_from_slice(opts);
+        out.extend_from_slice(&total32.to_le_bytes());
     }
 }
 
@@ -153,6 +165,18 @@ fn truncate(mut s: String) -> String {
 }
 
 /// Serialises one block, little-endian, onto `out`.
+/// An `opt_comment` option with `text`, followed by `opt_endofopt`.
+fn comment_option(text: &str) -> Vec<u8> {
+    let b = text.as_bytes();
+    let mut o = Vec::with_capacity(8 + b.len() + 4);
+    o.extend_from_slice(&1u16.to_le_bytes());
+    o.extend_from_slice(&(b.len() as u16).to_le_bytes());
+    o.extend_from_slice(b);
+    o.resize(o.len() + (b.len().div_ceil(4) * 4 - b.len()), 0);
+    o.extend_from_slice(&[0, 0, 0, 0]);
+    o
+}
+
 fn put(block: &Block<'_>, out: &mut Vec<u8>) {
     // Writing into a Vec cannot fail.
     let _ = block.write_to::<LittleEndian, _>(out);
@@ -161,6 +185,7 @@ fn put(block: &Block<'_>, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use pcap_file::pcapng::PcapNgReader;
+    use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
 
     use super::*;
 

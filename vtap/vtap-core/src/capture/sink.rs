@@ -24,9 +24,10 @@ use super::files::{CaptureFiles, FilesStatus};
 use super::name::validate_capture_name;
 use super::{Batch, CaptureConfig, Packet, SharedBatch};
 
-/// Packets that may wait between the ring reader and a capture's file
-/// writer; beyond that a batch is not queued (`writer_queue_full`).
-const WRITER_QUEUE: usize = 262_144;
+/// Packet bytes that may wait between the ring reader and a capture's file
+/// writer (about 2.5 s of whole MTU frames at 1 Mpps); beyond that a batch is
+/// not queued (`writer_queue_full`).
+const WRITER_QUEUE_BYTES: usize = 256 << 20;
 /// Batches a live subscriber may fall behind before it skips.
 const STREAM_QUEUE: usize = 4096;
 /// How often the writer flushes and applies time-based rules.
@@ -62,7 +63,7 @@ pub struct Capture {
     /// Unix time (ms) the capture was created.
     pub created_unix_ms: u64,
     files_tx: Mutex<Option<Sender<SharedBatch>>>,
-    /// Packets queued to the writer now.
+    /// Packet bytes queued to the writer now.
     queued: Arc<AtomicUsize>,
     /// Sequence number of the next packet delivered.
     next_seq: AtomicU64,
@@ -109,11 +110,9 @@ impl Capture {
             return;
         }
         let c = &self.counters;
+        let bytes: usize = packets.iter().map(|p| p.data.len()).sum();
         c.received.fetch_add(n as u64, Ordering::Relaxed);
-        c.received_bytes.fetch_add(
-            packets.iter().map(|p| p.data.len() as u64).sum(),
-            Ordering::Relaxed,
-        );
+        c.received_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         let batch = Arc::new(Batch {
             first_seq: self.next_seq.fetch_add(n as u64, Ordering::Relaxed),
             packets,
@@ -125,13 +124,13 @@ impl Capture {
         let Some(tx) = tx.as_ref() else {
             return;
         };
-        if self.queued.load(Ordering::Relaxed) + n > WRITER_QUEUE {
+        if self.queued.load(Ordering::Relaxed) + bytes > WRITER_QUEUE_BYTES {
             c.writer_queue_full.fetch_add(n as u64, Ordering::Relaxed);
             return;
         }
-        self.queued.fetch_add(n, Ordering::Relaxed);
+        self.queued.fetch_add(bytes, Ordering::Relaxed);
         if tx.send(batch).is_err() {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
             c.writer_queue_full.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
@@ -237,7 +236,10 @@ fn writer_loop(
                     for p in &b.packets {
                         files.write(p, now);
                     }
-                    queued.fetch_sub(b.packets.len(), Ordering::Relaxed);
+                    queued.fetch_sub(
+                        b.packets.iter().map(|p| p.data.len()).sum(),
+                        Ordering::Relaxed,
+                    );
                     last_ts = b.packets.last().map_or(last_ts, |p| p.ts_ns);
                     next = rx.try_recv().ok();
                 }
