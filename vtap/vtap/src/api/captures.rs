@@ -137,6 +137,7 @@ pub async fn get_one(
 
 /// Query of `GET /api/v1/captures/{name}/stream`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// End the stream after this many packets (0 or absent: no limit).
