@@ -121,6 +121,7 @@ if want e2e; then
     run_cargo_tests cli-e2e 600 test -p vtap-testbed --test cli_e2e -- --test-threads 2
     run_cargo_tests shaping-e2e 600 test -p vtap-testbed --test shaping_e2e -- --test-threads 2
     run_cargo_tests capture-e2e 600 test -p vtap-testbed --test capture_e2e -- --test-threads 3
+    run_cargo_tests probe-e2e 600 test -p vtap-testbed --test probe_e2e
 fi
 
 if want policies; then

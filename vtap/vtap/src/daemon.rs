@@ -330,6 +330,7 @@ pub async fn build_state(cfg: &Config) -> anyhow::Result<AppState> {
         request_timeout: cfg.request_timeout,
         captures,
         ring_reader: Arc::new(Mutex::new(Some(reader))),
+        probes: Arc::new(Mutex::new(vtap_core::probes::manager::ProbeManager::new())),
     };
     state.update_ready();
     Ok(state)
@@ -384,6 +385,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .unwrap_or_else(|p| p.into_inner())
             .engine
             .shutdown();
+        // Probes: detached and freed with their objects.
+        *st.probes.lock().unwrap_or_else(|p| p.into_inner()) =
+            vtap_core::probes::manager::ProbeManager::new();
         // Stop reading the ring, then close every capture file.
         st.ring_reader.lock().unwrap_or_else(|p| p.into_inner()).take();
         st.captures.shutdown();
@@ -452,6 +456,11 @@ async fn refresh_loop(
         };
         let st = state.clone();
         let r = tokio::task::spawn_blocking(move || {
+            // Probes follow interfaces that appear and go away, too.
+            st.probes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .refresh(&links);
             st.core
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -47,6 +47,11 @@ enum Cmd {
     },
     /// Every counter: taps, policies, outputs.
     Stats,
+    /// Counting probes: inject, list, get, delete, read metrics.
+    Probe {
+        #[command(subcommand)]
+        cmd: cli::probe::ProbeCmd,
+    },
     /// Pcap captures: list with files and counters, stream live pcapng.
     Capture {
         #[command(subcommand)]
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
         Cmd::Tap { cmd } => cli::finish(cli::tap::run(&ctx, cmd)),
         Cmd::Stats => cli::finish(cli::stats::run(&ctx)),
         Cmd::Capture { cmd } => cli::finish(cli::capture::run(&ctx, cmd)),
+        Cmd::Probe { cmd } => cli::finish(cli::probe::run(&ctx, cmd)),
     }
 }
 

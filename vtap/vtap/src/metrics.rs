@@ -8,7 +8,11 @@
 //! directions and drop reasons).
 
 use vtap_abi::drop_reason;
+use std::collections::BTreeMap;
+
 use vtap_core::engine::Engine;
+use vtap_core::probes::manager::Sample;
+use vtap_core::probes::spec::MetricKind;
 
 use crate::wire::CaptureInfo;
 
@@ -19,34 +23,40 @@ pub enum Kind {
     Gauge,
     /// A gauge in seconds whose samples are microseconds.
     GaugeMicros,
+    /// A float gauge whose samples are `f64::to_bits` (probe gauges).
+    GaugeF64,
 }
 
 /// One metric family: `name` is the full sample name (`..._total` for
 /// counters).
 #[derive(Clone, Debug)]
 pub struct Family {
-    pub name: &'static str,
-    pub help: &'static str,
+    pub name: String,
+    pub help: String,
     pub kind: Kind,
-    pub labels: &'static [&'static str],
+    pub labels: Vec<String>,
     pub samples: Vec<(Vec<String>, u64)>,
 }
 
 impl Family {
-    fn new(
-        name: &'static str,
-        help: &'static str,
-        kind: Kind,
-        labels: &'static [&'static str],
-    ) -> Self {
+    fn new(name: &str, help: &str, kind: Kind, labels: &[&str]) -> Self {
         Family {
-            name,
-            help,
+            name: name.to_string(),
+            help: help.to_string(),
             kind,
-            labels,
+            labels: labels.iter().map(|s| s.to_string()).collect(),
             samples: Vec::new(),
         }
     }
+    /// A float gauge's sample value.
+    fn float(&self, v: u64) -> f64 {
+        match self.kind {
+            Kind::GaugeMicros => v as f64 / 1e6,
+            Kind::GaugeF64 => f64::from_bits(v),
+            _ => v as f64,
+        }
+    }
+
     fn add(&mut self, labels: &[&str], v: u64) {
         self.samples
             .push((labels.iter().map(|s| s.to_string()).collect(), v));
@@ -274,10 +284,11 @@ pub fn encode_text(fams: &[Family]) -> anyhow::Result<String> {
     use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
     let r = Registry::new();
     for f in fams {
-        let opts = Opts::new(f.name, f.help);
+        let opts = Opts::new(&f.name, &f.help);
+        let labels: Vec<&str> = f.labels.iter().map(|s| s.as_str()).collect();
         match f.kind {
             Kind::Counter => {
-                let c = IntCounterVec::new(opts, f.labels)?;
+                let c = IntCounterVec::new(opts, &labels)?;
                 for (l, v) in &f.samples {
                     let l: Vec<&str> = l.iter().map(|s| s.as_str()).collect();
                     c.with_label_values(&l).inc_by(*v);
@@ -285,18 +296,18 @@ pub fn encode_text(fams: &[Family]) -> anyhow::Result<String> {
                 r.register(Box::new(c))?;
             }
             Kind::Gauge => {
-                let g = IntGaugeVec::new(opts, f.labels)?;
+                let g = IntGaugeVec::new(opts, &labels)?;
                 for (l, v) in &f.samples {
                     let l: Vec<&str> = l.iter().map(|s| s.as_str()).collect();
                     g.with_label_values(&l).set(*v as i64);
                 }
                 r.register(Box::new(g))?;
             }
-            Kind::GaugeMicros => {
-                let g = prometheus::GaugeVec::new(opts, f.labels)?;
+            Kind::GaugeMicros | Kind::GaugeF64 => {
+                let g = prometheus::GaugeVec::new(opts, &labels)?;
                 for (l, v) in &f.samples {
                     let l: Vec<&str> = l.iter().map(|s| s.as_str()).collect();
-                    g.with_label_values(&l).set(*v as f64 / 1e6);
+                    g.with_label_values(&l).set(f.float(*v));
                 }
                 r.register(Box::new(g))?;
             }
@@ -317,7 +328,7 @@ pub fn encode_openmetrics(fams: &[Family]) -> anyhow::Result<String> {
     let mut r = Registry::default();
     for f in fams {
         // prometheus-client ends help texts with a period itself.
-        let help = f.help.strip_suffix('.').unwrap_or(f.help);
+        let help = f.help.strip_suffix('.').unwrap_or(&f.help);
         let label_set = |l: &Vec<String>| -> Labels {
             f.labels
                 .iter()
@@ -328,7 +339,7 @@ pub fn encode_openmetrics(fams: &[Family]) -> anyhow::Result<String> {
         match f.kind {
             Kind::Counter => {
                 // prometheus-client appends `_total` itself.
-                let base = f.name.strip_suffix("_total").unwrap_or(f.name);
+                let base = f.name.strip_suffix("_total").unwrap_or(&f.name);
                 if f.labels.is_empty() {
                     let c = Counter::<u64>::default();
                     c.inc_by(f.samples.iter().map(|(_, v)| *v).sum());
@@ -346,20 +357,77 @@ pub fn encode_openmetrics(fams: &[Family]) -> anyhow::Result<String> {
                 for (l, v) in &f.samples {
                     fam.get_or_create(&label_set(l)).set(*v as i64);
                 }
-                r.register(f.name, help, fam);
+                r.register(&f.name, help, fam);
             }
-            Kind::GaugeMicros => {
+            Kind::GaugeMicros | Kind::GaugeF64 => {
                 let fam = PcFamily::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
                 for (l, v) in &f.samples {
-                    fam.get_or_create(&label_set(l)).set(*v as f64 / 1e6);
+                    fam.get_or_create(&label_set(l)).set(f.float(*v));
                 }
-                r.register(f.name, help, fam);
+                r.register(&f.name, help, fam);
             }
         }
     }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r)?;
     Ok(out)
+}
+
+/// The families of probe samples (`vtap_probe_<metric>`, label `probe`
+/// first), appended to `out`; only the probe `only_probe` and the metric
+/// `only_metric` when given. Samples whose label names differ from the
+/// first sample of their family are dropped (a family has one label set).
+pub fn probe_families(
+    samples: &BTreeMap<String, Vec<Sample>>,
+    only_probe: Option<&str>,
+    only_metric: Option<&str>,
+    out: &mut Vec<Family>,
+) {
+    let mut fams: BTreeMap<String, Family> = BTreeMap::new();
+    for (probe, ss) in samples {
+        if only_probe.is_some_and(|o| o != probe) {
+            continue;
+        }
+        for s in ss {
+            if only_metric.is_some_and(|o| o != s.metric) {
+                continue;
+            }
+            let (kind, suffix) = match s.kind {
+                MetricKind::Counter => (Kind::Counter, "_total"),
+                _ => (Kind::GaugeF64, ""),
+            };
+            let base = format!("vtap_probe_{}", s.metric);
+            let name = if base.ends_with("_total") || suffix.is_empty() {
+                base
+            } else {
+                format!("{base}{suffix}")
+            };
+            let mut names = vec!["probe".to_string()];
+            names.extend(s.labels.iter().map(|(k, _)| k.clone()));
+            let f = fams.entry(name.clone()).or_insert_with(|| Family {
+                name,
+                help: if s.help.is_empty() {
+                    format!("Probe metric {}.", s.metric)
+                } else {
+                    s.help.clone()
+                },
+                kind,
+                labels: names.clone(),
+                samples: Vec::new(),
+            });
+            if f.labels != names || f.kind != kind {
+                continue;
+            }
+            let mut values = vec![probe.clone()];
+            values.extend(s.labels.iter().map(|(_, v)| v.clone()));
+            let v = match kind {
+                Kind::Counter => s.value.max(0.0) as u64,
+                _ => s.value.to_bits(),
+            };
+            f.samples.push((values, v));
+        }
+    }
+    out.extend(fams.into_values());
 }
 
 /// The content type of OpenMetrics text.

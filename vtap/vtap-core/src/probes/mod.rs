@@ -17,6 +17,9 @@
 
 pub mod batch;
 pub mod btf;
+pub mod compile;
+pub mod manager;
+pub mod spec;
 
 use serde_json::{Map, Value};
 

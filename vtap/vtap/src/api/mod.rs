@@ -10,6 +10,7 @@ mod captures;
 mod error;
 mod openapi;
 mod policies;
+mod probes;
 mod taps;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,6 +64,8 @@ pub struct AppState {
     pub captures: Arc<vtap_core::capture::sink::Captures>,
     /// The pcap ring reader (taken at shutdown).
     pub ring_reader: Arc<Mutex<Option<vtap_core::capture::ring::RingReader>>>,
+    /// Running probes.
+    pub probes: Arc<Mutex<vtap_core::probes::manager::ProbeManager>>,
 }
 
 impl AppState {
@@ -114,6 +117,15 @@ pub fn app(state: AppState) -> Router {
         .route("/captures", get(captures::list))
         .route("/captures/{name}", get(captures::get_one))
         .route("/captures/{name}/stream", get(captures::stream))
+        .route("/probes", get(probes::list))
+        .route(
+            "/probes/{name}",
+            get(probes::get_one)
+                .put(probes::put_one)
+                .delete(probes::delete_one),
+        )
+        .route("/probes/{name}/metrics", get(probes::metrics))
+        .route("/probes/{name}/metrics/{metric}", get(probes::metric))
         .route("/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::NotFound("no such API path".into()) });
     Router::new()
@@ -196,10 +208,15 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Respon
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     );
     let caps = captures::infos(&s).await?;
+    let pm = s.probes.clone();
+    let probe_samples = tokio::task::spawn_blocking(move || pm.lock().unwrap().samples())
+        .await
+        .map_err(|e| ApiError::internal("blocking task failed", e))?;
     let body = s
         .with_core(move |c| {
-            let fams = crate::metrics::families(&c.engine, &caps)
+            let mut fams = crate::metrics::families(&c.engine, &caps)
                 .map_err(|e| ApiError::unavailable("reading counters", e))?;
+            crate::metrics::probe_families(&probe_samples, None, None, &mut fams);
             if om {
                 crate::metrics::encode_openmetrics(&fams)
             } else {

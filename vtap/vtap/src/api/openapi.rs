@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{captures, policies, taps};
+use super::{captures, policies, probes, taps};
 use crate::wire;
 
 #[derive(OpenApi)]
@@ -25,6 +25,12 @@ use crate::wire;
         captures::list,
         captures::get_one,
         captures::stream,
+        probes::list,
+        probes::get_one,
+        probes::put_one,
+        probes::delete_one,
+        probes::metrics,
+        probes::metric,
     ),
     components(schemas(
         wire::ErrorBody,
@@ -49,7 +55,7 @@ use crate::wire;
     )),
     modifiers(&Security),
     security(("bearer" = [])),
-    tags((name = "policies"), (name = "taps"), (name = "stats"), (name = "captures"))
+    tags((name = "policies"), (name = "taps"), (name = "stats"), (name = "captures"), (name = "probes"))
 )]
 pub struct ApiDoc;
 

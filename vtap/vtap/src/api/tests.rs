@@ -98,6 +98,7 @@ fn env(auth: Auth) -> Option<Env> {
         request_timeout: Duration::from_secs(10),
         captures,
         ring_reader: Arc::new(Mutex::new(None)),
+        probes: Default::default(),
     };
     Some(Env { state, dir, rt })
 }

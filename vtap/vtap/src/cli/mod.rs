@@ -13,6 +13,7 @@ pub mod capture;
 pub mod client;
 pub mod output;
 pub mod policy;
+pub mod probe;
 pub mod stats;
 pub mod tap;
 

@@ -1,0 +1,179 @@
+//! End-to-end tests of run-time probes: the real daemon, a library probe
+//! compiled on the appliance and attached to a namespace VM's tap, traffic
+//! with a known ground truth, the probe's maps read over REST and in
+//! `/metrics`; bad probes refused with the compiler's or the verifier's
+//! reason while the running probe keeps counting.
+//!
+//! Run: `cargo build -p vtap && cargo test -p vtap-testbed --test probe_e2e`
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use vtap_testbed::{Daemon, Options, Testbed, require_root};
+
+fn testbed(test: &str) -> Option<Testbed> {
+    if !require_root(test) {
+        return None;
+    }
+    Some(
+        Testbed::new(Options::default().vms(2))
+            .unwrap_or_else(|e| panic!("{test}: cannot build testbed: {e:#}")),
+    )
+}
+
+fn library(file: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ebpf/probes")
+        .join(file);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The library spec of traffic-by-dst as JSON, with the source inlined and
+/// the taps narrowed to vm1-tap.
+fn traffic_by_dst() -> Value {
+    let mut spec: Value =
+        serde_yaml::from_str::<Value>(&library("traffic_by_dst.yaml")).expect("spec YAML");
+    let obj = spec.as_object_mut().unwrap();
+    obj.remove("source_file");
+    obj.insert("source".into(), json!(library("traffic_by_dst.c")));
+    obj.insert(
+        "attach".into(),
+        json!({"taps": ["vm1-tap"], "hook": "tc", "direction": "ingress"}),
+    );
+    spec
+}
+
+fn put(d: &Daemon, name: &str, spec: &Value) -> (u16, Value) {
+    let r = d
+        .request("PUT", &format!("/api/v1/probes/{name}"), Some(&spec.to_string()))
+        .expect("PUT probe");
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::String(r.body.clone())),
+    )
+}
+
+/// Packets counted for destination `dst` by the probe's `dst_packets`.
+fn dst_packets(d: &Daemon, dst: &str) -> u64 {
+    let r = d
+        .get("/api/v1/probes/traffic-by-dst/metrics/dst_packets")
+        .expect("GET metrics");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    let entries = v[0]["value"].as_array().cloned().unwrap_or_default();
+    entries
+        .iter()
+        .filter(|e| {
+            // The key's addr is a `__be32`: decoded as the number it means.
+            e["key"]["addr"]
+                .as_u64()
+                .map(|a| std::net::Ipv4Addr::from(a as u32).to_string())
+                == Some(dst.to_string())
+        })
+        .map(|e| e["value"]["packets"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn a_library_probe_counts_exactly_and_bad_probes_change_nothing() {
+    let Some(tb) = testbed("a_library_probe_counts_exactly_and_bad_probes_change_nothing")
+    else {
+        return;
+    };
+    let d = tb.start_daemon(&[]).expect("daemon");
+    let spec = traffic_by_dst();
+    let (code, st) = put(&d, "traffic-by-dst", &spec);
+    assert_eq!(code, 201, "{st:#}\n{}", d.log());
+    assert_eq!(st["attached"], json!(["vm1-tap:ingress"]), "{st:#}");
+    assert!(st["program_id"].as_u64().is_some(), "{st:#}");
+
+    let vm2 = tb.addr(2, false).to_string();
+    let p = tb.ping(1, 2, 20, false).unwrap();
+    assert_eq!(p.received, 20);
+    assert_eq!(
+        dst_packets(&d, &vm2),
+        20,
+        "echo requests vm1 -> vm2: {}",
+        d.get("/api/v1/probes/traffic-by-dst/metrics").unwrap().body
+    );
+
+    // In /metrics, with the probe label and the key field as a label.
+    let m = d.metrics().unwrap();
+    let v = m.sum(
+        "vtap_probe_dst_packets_total",
+        &[("probe", "traffic-by-dst"), ("dst", vm2.as_str())],
+    );
+    assert_eq!(v, 20.0, "{}", m.dump("vtap_probe"));
+    assert!(
+        m.sum(
+            "vtap_probe_dst_bytes_total",
+            &[("probe", "traffic-by-dst"), ("dst", vm2.as_str())]
+        ) >= 20.0 * 98.0
+    );
+
+    // Bad probes: each a 4xx with the reason; the running one is untouched.
+    let src = library("traffic_by_dst.c");
+    let mut bad: Vec<(&str, Value, &str)> = Vec::new();
+    let mut s = spec.clone();
+    s["source"] = json!(format!("{src}\nthis is not C;\n"));
+    bad.push(("syntax error", s, "error"));
+    let mut s = spec.clone();
+    s["source"] = json!(
+        "#include \"vtap_probe.h\"\nstruct dst_key { __be32 addr; };\nstruct dst_val { __u64 packets; __u64 bytes; };\nstruct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 16); __type(key, struct dst_key); __type(value, struct dst_val); } dst_stats SEC(\".maps\");\nSEC(\"classifier\") int p(struct __sk_buff *skb) { __u8 *d = (void *)(long)skb->data; __u8 x = *(volatile __u8 *)(d + 100); (void)x; return VTAP_PROBE_PASS; }\nchar LICENSE[] SEC(\"license\") = \"GPL\";\n"
+    );
+    bad.push(("out-of-bounds read", s, "verifier"));
+    let mut s = spec.clone();
+    s["metrics"][0]["map"] = json!("nosuch");
+    bad.push(("missing map", s, "nosuch"));
+    let mut s = spec.clone();
+    s["source"] = json!("x".repeat(70 * 1024));
+    bad.push(("oversized source", s, "at most"));
+    let mut s = spec.clone();
+    s["source"] = json!(format!("#include \"/etc/passwd\"\n{src}"));
+    bad.push(("include outside the path", s, "not allowed"));
+    let mut s = spec.clone();
+    s.as_object_mut().unwrap().remove("source");
+    s["object"] = json!(base64_of("/bin/true"));
+    bad.push(("not a BPF ELF", s, "not a BPF object"));
+    for (what, s, reason) in bad {
+        let (code, body) = put(&d, "traffic-by-dst", &s);
+        assert_eq!(code, 422, "{what}: {body:#}");
+        assert!(
+            body.to_string().contains(reason),
+            "{what}: reason {reason:?} missing in {body:#}"
+        );
+    }
+    let p = tb.ping(1, 2, 5, false).unwrap();
+    assert_eq!(p.received, 5);
+    assert_eq!(dst_packets(&d, &vm2), 25, "the running probe kept counting");
+
+    // Replace: the new version starts from empty maps and counts.
+    let (code, st) = put(&d, "traffic-by-dst", &spec);
+    assert_eq!(code, 200, "{st:#}");
+    let p = tb.ping(1, 2, 3, false).unwrap();
+    assert_eq!(p.received, 3);
+    assert_eq!(dst_packets(&d, &vm2), 3);
+
+    // Remove.
+    let r = d.request("DELETE", "/api/v1/probes/traffic-by-dst", None).unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = d.get("/api/v1/probes/traffic-by-dst").unwrap();
+    assert_eq!(r.status, 404);
+    let r = d.get("/api/v1/probes").unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap()["probes"], json!([]));
+    d.stop().expect("daemon exits 0");
+}
+
+fn base64_of(path: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = std::fs::read(path).unwrap();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
+        out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+    }
+    out
+}

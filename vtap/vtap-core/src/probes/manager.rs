@@ -1,0 +1,589 @@
+//! Running probes: load a probe's object, attach its TC program with TCX on
+//! the interfaces its spec selects (after vtap's own program: aya appends
+//! to the hook, and every program returns `TC_ACT_UNSPEC`, so a probe never
+//! changes the fate of a packet), keep attaching it to matching interfaces
+//! that appear, and read its exported maps as metrics.
+//!
+//! Everything that can be checked before a probe runs is checked before:
+//! the spec ([`super::spec::validate`]), the object (a BPF ELF with BTF),
+//! every exported map and field against the object's BTF, then the
+//! verifier. A probe that fails any of these changes nothing: a replaced
+//! probe keeps running.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::AsFd;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use aya::programs::tc::SchedClassifierLinkId;
+use aya::programs::{SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use serde::Serialize;
+use serde_json::{Value, json};
+use vtap_abi::Dir;
+
+use super::MapLayout;
+use super::batch::{self, Method};
+use super::btf::{Btf, Field};
+use super::compile::{self, CompileError};
+use super::spec::{self, MetricKind, MetricSpec, ProbeSpec};
+use crate::netlink::Links;
+use crate::policy::model::Direction;
+use crate::policy::validate::FieldError;
+
+/// Why a probe was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeManagerError {
+    /// The spec, or the spec against the object, is invalid.
+    #[error("invalid probe ({} problems)", .0.len())]
+    Invalid(Vec<FieldError>),
+    /// The source did not compile, or the object is not usable.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// The kernel's verifier refused the program (its log included).
+    #[error("the verifier refused the probe:\n{0}")]
+    Verifier(String),
+    /// Attaching or reading failed.
+    #[error("{0}")]
+    Kernel(String),
+    /// No such probe.
+    #[error("no probe named {0}")]
+    NotFound(String),
+}
+
+/// One exported metric, resolved against the object.
+struct Metric {
+    spec: MetricSpec,
+    layout: MapLayout,
+    key_fields: Vec<(Field, super::btf::LabelFormat, String)>,
+}
+
+/// A running probe.
+struct Probe {
+    spec: ProbeSpec,
+    ebpf: Ebpf,
+    program: String,
+    metrics: Vec<Metric>,
+    links: BTreeMap<(String, Dir), SchedClassifierLinkId>,
+    errors: BTreeMap<String, String>,
+    loaded_at: SystemTime,
+    load_ms: f64,
+    insns: u64,
+    object_bytes: usize,
+}
+
+/// What the API shows of a probe.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeStatus {
+    /// Name.
+    pub name: String,
+    /// `tc`.
+    pub hook: String,
+    /// Tap globs of the spec.
+    pub taps: Vec<String>,
+    /// `ingress`, `egress`, `both`.
+    pub direction: String,
+    /// Interfaces (and directions) it is attached to now.
+    pub attached: Vec<String>,
+    /// Attach errors by interface.
+    pub errors: BTreeMap<String, String>,
+    /// The program's name in the object.
+    pub program: String,
+    /// Its kernel program id.
+    pub program_id: Option<u32>,
+    /// Instructions of the loaded program (as the kernel reports).
+    pub instructions: u64,
+    /// Size of the object.
+    pub object_bytes: usize,
+    /// Exported metrics: name, map, type.
+    pub metrics: Vec<Value>,
+    /// Compile + load + attach time of the running version, ms.
+    pub load_ms: f64,
+    /// When it was loaded (Unix ms).
+    pub loaded_unix_ms: u64,
+}
+
+/// One exported sample for Prometheus.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sample {
+    /// Metric name (without prefix).
+    pub metric: String,
+    /// Help.
+    pub help: String,
+    /// Type.
+    pub kind: MetricKind,
+    /// Labels (static, then key fields; `cpu` for per-CPU `none`).
+    pub labels: Vec<(String, String)>,
+    /// Value.
+    pub value: f64,
+}
+
+/// Every running probe.
+#[derive(Default)]
+pub struct ProbeManager {
+    probes: BTreeMap<String, Probe>,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ProbeManagerError {
+    ProbeManagerError::Invalid(vec![FieldError::new(field, message)])
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// Resolves the metrics of `s` against the object's BTF: every map exists,
+/// every key field exists and suits its format, every value field exists.
+fn resolve_metrics(s: &ProbeSpec, btf: &Btf) -> Result<Vec<Metric>, ProbeManagerError> {
+    let mut errs = Vec::new();
+    let mut out = Vec::new();
+    for (i, m) in s.metrics.iter().enumerate() {
+        let layout = match MapLayout::new(btf, &m.map) {
+            Ok(l) => l,
+            Err(e) => {
+                errs.push(FieldError::new(
+                    format!("metrics[{i}].map"),
+                    format!("{}: {e}", m.map),
+                ));
+                continue;
+            }
+        };
+        let mut key_fields = Vec::new();
+        for (k, kl) in m.key_labels.iter().enumerate() {
+            match layout
+                .key
+                .field(&kl.field)
+                .and_then(|f| f.check(kl.format).map(|()| f))
+            {
+                Ok(f) => key_fields.push((f, kl.format, kl.label.clone())),
+                Err(e) => errs.push(FieldError::new(
+                    format!("metrics[{i}].key_labels[{k}].field"),
+                    e.to_string(),
+                )),
+            }
+        }
+        if !m.value_field.is_empty()
+            && let Err(e) = layout.value.field(&m.value_field)
+        {
+            errs.push(FieldError::new(
+                format!("metrics[{i}].value_field"),
+                e.to_string(),
+            ));
+        }
+        out.push(Metric {
+            spec: m.clone(),
+            layout,
+            key_fields,
+        });
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(ProbeManagerError::Invalid(errs))
+    }
+}
+
+fn dirs(d: Direction) -> Vec<Dir> {
+    match d {
+        Direction::Ingress => vec![Dir::Ingress],
+        Direction::Egress => vec![Dir::Egress],
+        Direction::Both => vec![Dir::Ingress, Dir::Egress],
+    }
+}
+
+impl ProbeManager {
+    /// No probes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Names of the running probes.
+    pub fn names(&self) -> Vec<String> {
+        self.probes.keys().cloned().collect()
+    }
+
+    /// Validates, compiles (or decodes) and loads `spec`, attaches it on
+    /// the matching interfaces of `links`, and only then replaces the probe
+    /// of the same name (which is detached and freed). Returns whether a
+    /// probe was replaced.
+    pub fn inject(&mut self, spec: ProbeSpec, links: &Links) -> Result<bool, ProbeManagerError> {
+        let errs = spec::validate(&spec, false);
+        if !errs.is_empty() {
+            return Err(ProbeManagerError::Invalid(errs));
+        }
+        let started = Instant::now();
+        let obj = match (&spec.source, &spec.object) {
+            (Some(src), None) => compile::compile_c(src)?,
+            (None, Some(b64)) => {
+                use base64::Engine as _;
+                let obj = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| invalid("object", format!("not base64: {e}")))?;
+                compile::check_object(&obj)?;
+                obj
+            }
+            _ => unreachable!("validated: exactly one of source and object"),
+        };
+        let btf = Btf::from_elf(&obj).map_err(|e| invalid("object", format!("BTF: {e}")))?;
+        let metrics = resolve_metrics(&spec, &btf)?;
+
+        let mut ebpf = EbpfLoader::new()
+            .load(&obj)
+            .map_err(|e| invalid("object", format!("loading the object: {e}")))?;
+        let tc: Vec<String> = ebpf
+            .programs()
+            .filter(|(_, p)| matches!(p, aya::programs::Program::SchedClassifier(_)))
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let program = match tc.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(invalid(
+                    "source",
+                    "the object has no TC program (SEC(\"tc\") or SEC(\"classifier\"))",
+                ));
+            }
+            many => {
+                return Err(invalid(
+                    "source",
+                    format!("the object has {} TC programs ({}); a probe has one", many.len(), many.join(", ")),
+                ));
+            }
+        };
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(&program)
+            .expect("listed")
+            .try_into()
+            .expect("a SchedClassifier");
+        if let Err(e) = prog.load() {
+            return Err(ProbeManagerError::Verifier(verifier_text(&e)));
+        }
+        let insns = prog
+            .info()
+            .ok()
+            .and_then(|i| i.size_translated().map(|s| s as u64 / 8))
+            .unwrap_or(0);
+        let mut probe = Probe {
+            spec,
+            ebpf,
+            program,
+            metrics,
+            links: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            loaded_at: SystemTime::now(),
+            load_ms: 0.0,
+            insns,
+            object_bytes: obj.len(),
+        };
+        probe.reconcile(links);
+        probe.load_ms = started.elapsed().as_secs_f64() * 1e3;
+        let name = probe.spec.name.clone();
+        let replaced = self.probes.insert(name.clone(), probe);
+        if let Some(mut old) = replaced {
+            old.detach_all();
+            tracing::info!(probe = %name, "probe replaced");
+            Ok(true)
+        } else {
+            tracing::info!(probe = %name, "probe injected");
+            Ok(false)
+        }
+    }
+
+    /// Detaches and frees a probe.
+    pub fn remove(&mut self, name: &str) -> Result<(), ProbeManagerError> {
+        let mut p = self
+            .probes
+            .remove(name)
+            .ok_or_else(|| ProbeManagerError::NotFound(name.to_string()))?;
+        p.detach_all();
+        tracing::info!(probe = %name, "probe removed");
+        Ok(())
+    }
+
+    /// Attaches running probes to matching interfaces that appeared, and
+    /// forgets links of interfaces that went away.
+    pub fn refresh(&mut self, links: &Links) {
+        for p in self.probes.values_mut() {
+            p.reconcile(links);
+        }
+    }
+
+    /// Status of one probe.
+    pub fn status(&self, name: &str) -> Option<ProbeStatus> {
+        self.probes.get(name).map(|p| p.status())
+    }
+
+    /// Status of every probe.
+    pub fn statuses(&self) -> Vec<ProbeStatus> {
+        self.probes.values().map(|p| p.status()).collect()
+    }
+
+    /// `[{"name", "value", "timestamp"}]` for the metrics of a probe (all,
+    /// or the one named `only`): `value` follows the map's structure — one
+    /// `{"key", "value"}` per entry, per-CPU values aggregated as the spec
+    /// says.
+    pub fn read_json(&self, name: &str, only: Option<&str>) -> Result<Vec<Value>, ProbeManagerError> {
+        let p = self
+            .probes
+            .get(name)
+            .ok_or_else(|| ProbeManagerError::NotFound(name.to_string()))?;
+        let mut out = Vec::new();
+        for m in &p.metrics {
+            if only.is_some_and(|o| o != m.spec.name) {
+                continue;
+            }
+            let entries = p.read_map(m)?;
+            let value = m
+                .layout
+                .decode(&entries, m.spec.aggregate.aggregation())
+                .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?;
+            out.push(json!({
+                "name": m.spec.name,
+                "value": value,
+                "timestamp": now_unix_ms(),
+            }));
+        }
+        if let Some(o) = only
+            && out.is_empty()
+        {
+            return Err(ProbeManagerError::NotFound(format!("{name}/{o}")));
+        }
+        Ok(out)
+    }
+
+    /// Every probe's samples for `/metrics`, by probe name.
+    pub fn samples(&self) -> BTreeMap<String, Vec<Sample>> {
+        let mut out = BTreeMap::new();
+        for (name, p) in &self.probes {
+            match p.samples() {
+                Ok(s) => {
+                    out.insert(name.clone(), s);
+                }
+                Err(e) => tracing::warn!(probe = %name, error = %e, "reading probe maps"),
+            }
+        }
+        out
+    }
+}
+
+impl Probe {
+    fn prog(&mut self) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(&self.program)
+            .expect("loaded")
+            .try_into()
+            .expect("a SchedClassifier")
+    }
+
+    /// Attached where the spec selects, detached where not any more.
+    fn reconcile(&mut self, links: &Links) {
+        let patterns: Vec<glob::Pattern> = self
+            .spec
+            .attach
+            .taps
+            .iter()
+            .filter_map(|t| glob::Pattern::new(t).ok())
+            .collect();
+        let want: BTreeSet<(String, Dir)> = links
+            .keys()
+            .filter(|n| patterns.iter().any(|p| p.matches(n)))
+            .flat_map(|n| dirs(self.spec.attach.direction).into_iter().map(move |d| (n.clone(), d)))
+            .collect();
+        let gone: Vec<(String, Dir)> = self
+            .links
+            .keys()
+            .filter(|k| !want.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(l) = self.links.remove(&k) {
+                let _ = self.prog().detach(l);
+            }
+        }
+        for (iface, dir) in want {
+            if self.links.contains_key(&(iface.clone(), dir)) {
+                continue;
+            }
+            let at = match dir {
+                Dir::Ingress => TcAttachType::Ingress,
+                Dir::Egress => TcAttachType::Egress,
+            };
+            match self.prog().attach(&iface, at) {
+                Ok(l) => {
+                    self.links.insert((iface.clone(), dir), l);
+                    self.errors.remove(&iface);
+                    tracing::info!(probe = %self.spec.name, iface = %iface, dir = dir.as_str(), "probe attached");
+                }
+                Err(e) => {
+                    self.errors.insert(iface.clone(), e.to_string());
+                }
+            }
+        }
+    }
+
+    fn detach_all(&mut self) {
+        let links = std::mem::take(&mut self.links);
+        for (_, l) in links {
+            let _ = self.prog().detach(l);
+        }
+    }
+
+    fn read_map(&self, m: &Metric) -> Result<batch::Entries, ProbeManagerError> {
+        let map = self
+            .ebpf
+            .map(&m.spec.map)
+            .ok_or_else(|| ProbeManagerError::Kernel(format!("map {} is gone", m.spec.map)))?;
+        let fd = map_fd(map).ok_or_else(|| {
+            ProbeManagerError::Kernel(format!("map {}: unsupported map kind", m.spec.map))
+        })?;
+        batch::read(fd, Method::Auto).map_err(|e| ProbeManagerError::Kernel(e.to_string()))
+    }
+
+    fn samples(&self) -> Result<Vec<Sample>, ProbeManagerError> {
+        let mut out = Vec::new();
+        for m in &self.metrics {
+            let entries = self.read_map(m)?;
+            let per_cpu = entries.map_type().is_per_cpu();
+            let ncpus = entries.ncpus();
+            for (k, v) in entries.iter() {
+                let mut labels: Vec<(String, String)> = m
+                    .spec
+                    .labels
+                    .iter()
+                    .map(|(a, b)| (a.clone(), b.clone()))
+                    .collect();
+                for (f, fmt, label) in &m.key_fields {
+                    let text = f
+                        .format(k, *fmt)
+                        .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?;
+                    labels.push((label.clone(), text));
+                }
+                let values: Vec<(Option<usize>, Value)> = match (per_cpu, m.spec.aggregate.aggregation()) {
+                    (false, _) => vec![(None, decode(&m.layout.value, v)?)],
+                    (true, Some(how)) => vec![(
+                        None,
+                        m.layout
+                            .value
+                            .aggregate(v, ncpus, how)
+                            .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?,
+                    )],
+                    (true, None) => m
+                        .layout
+                        .value
+                        .decode_per_cpu(v, ncpus)
+                        .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?
+                        .into_iter()
+                        .enumerate()
+                        .map(|(c, v)| (Some(c), v))
+                        .collect(),
+                };
+                for (cpu, val) in values {
+                    let Some(x) = pick(&val, &m.spec.value_field) else {
+                        continue;
+                    };
+                    let mut labels = labels.clone();
+                    if let Some(c) = cpu {
+                        labels.push(("cpu".into(), c.to_string()));
+                    }
+                    out.push(Sample {
+                        metric: m.spec.name.clone(),
+                        help: m.spec.help.clone(),
+                        kind: m.spec.kind,
+                        labels,
+                        value: x,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn status(&self) -> ProbeStatus {
+        let prog: Option<&SchedClassifier> = self
+            .ebpf
+            .program(&self.program)
+            .and_then(|p| p.try_into().ok());
+        ProbeStatus {
+            name: self.spec.name.clone(),
+            hook: "tc".into(),
+            taps: self.spec.attach.taps.clone(),
+            direction: match self.spec.attach.direction {
+                Direction::Ingress => "ingress",
+                Direction::Egress => "egress",
+                Direction::Both => "both",
+            }
+            .into(),
+            attached: self
+                .links
+                .keys()
+                .map(|(i, d)| format!("{i}:{}", d.as_str()))
+                .collect(),
+            errors: self.errors.clone(),
+            program: self.program.clone(),
+            program_id: prog.and_then(|p| p.info().ok()).map(|i| i.id()),
+            instructions: self.insns,
+            object_bytes: self.object_bytes,
+            metrics: self
+                .metrics
+                .iter()
+                .map(|m| json!({"name": m.spec.name, "map": m.spec.map, "type": m.spec.kind}))
+                .collect(),
+            load_ms: self.load_ms,
+            loaded_unix_ms: self
+                .loaded_at
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
+        }
+    }
+}
+
+fn decode(l: &super::btf::Layout, v: &[u8]) -> Result<Value, ProbeManagerError> {
+    l.decode(v)
+        .map_err(|e| ProbeManagerError::Kernel(e.to_string()))
+}
+
+/// The number at `path` (dot-separated) of a decoded value; the value
+/// itself for an empty path.
+fn pick(v: &Value, path: &str) -> Option<f64> {
+    let mut cur = v;
+    if !path.is_empty() {
+        for part in path.split('.') {
+            cur = cur.get(part)?;
+        }
+    }
+    cur.as_f64()
+}
+
+fn map_fd(m: &aya::maps::Map) -> Option<std::os::fd::BorrowedFd<'_>> {
+    use aya::maps::Map;
+    let d = match m {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::PerCpuHashMap(d)
+        | Map::PerCpuLruHashMap(d)
+        | Map::Queue(d)
+        | Map::Stack(d)
+        | Map::LpmTrie(d) => d,
+        _ => return None,
+    };
+    Some(d.fd().as_fd())
+}
+
+/// The verifier's message and log of a failed program load.
+fn verifier_text(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let log: Vec<&str> = log.lines().collect();
+            // The end of the log says why; keep it bounded.
+            let tail = log[log.len().saturating_sub(40)..].join("\n");
+            format!("{io_error}\n{tail}")
+        }
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,387 @@
+//! The probe spec: what an operator sends to inject a probe (a YAML file for
+//! the CLI, the same object as JSON over REST).
+//!
+//! ```yaml
+//! version: 1
+//! name: traffic-by-dst
+//! attach: {taps: ["vm*-tap"], hook: tc, direction: ingress}
+//! source: |            # C, compiled on the appliance — or
+//! object: <base64>     # a pre-built BPF ELF (the CLI reads `object_file`)
+//! metrics:
+//!   - name: dst_packets
+//!     map: dst_stats
+//!     help: Packets per destination IPv4 address.
+//!     type: counter
+//!     value_field: packets
+//!     aggregate: sum
+//!     key_labels: [{field: addr, label: dst, format: ipv4}]
+//! ```
+//!
+//! [`validate`] reports every problem with its field path, like policy
+//! validation; what needs the object (maps exist, fields exist and suit
+//! their formats) is checked when the object is loaded.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::btf::{Aggregation, LabelFormat};
+use crate::policy::validate::FieldError;
+
+/// A probe spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSpec {
+    /// Format version (1).
+    pub version: u32,
+    /// Probe name: 1–63 of `[A-Za-z0-9_-]`, starting with a letter.
+    pub name: String,
+    /// Where it runs.
+    pub attach: Attach,
+    /// C source, compiled on the appliance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// A pre-built BPF ELF object, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// CLI only: a file holding the C source (read by the CLI into `source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_file: Option<String>,
+    /// CLI only: a file holding the ELF object (read by the CLI into `object`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_file: Option<String>,
+    /// The maps exported as metrics (the others stay private).
+    #[serde(default)]
+    pub metrics: Vec<MetricSpec>,
+}
+
+/// Where a probe runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attach {
+    /// Interface names or globs.
+    pub taps: Vec<String>,
+    /// `tc` (TCX, after vtap's own program). `xdp` is part of the format but
+    /// not in this build.
+    #[serde(default)]
+    pub hook: Hook,
+    /// `ingress` (from the VM), `egress` (to the VM) or `both`.
+    #[serde(default)]
+    pub direction: crate::policy::model::Direction,
+}
+
+/// The hook of a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    /// TCX.
+    #[default]
+    Tc,
+    /// XDP.
+    Xdp,
+}
+
+/// One exported metric: a map, and how its entries become samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricSpec {
+    /// Metric name (Prometheus: `vtap_probe_` is prepended in `/metrics`).
+    pub name: String,
+    /// The map (by its name in the object).
+    pub map: String,
+    /// Help text.
+    #[serde(default)]
+    pub help: String,
+    /// Prometheus type.
+    #[serde(default, rename = "type")]
+    pub kind: MetricKind,
+    /// Static labels of every sample.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Key fields that become labels.
+    #[serde(default)]
+    pub key_labels: Vec<KeyLabel>,
+    /// The value's field giving the sample value (path like `a.b`); empty:
+    /// the whole value (an integer).
+    #[serde(default)]
+    pub value_field: String,
+    /// Per-CPU maps: how the CPUs' values combine (`none`: one sample per
+    /// CPU with a `cpu` label).
+    #[serde(default = "default_aggregate")]
+    pub aggregate: AggregateSpec,
+    /// Read all snapshot maps of the probe at one instant (not in this
+    /// build: refused by validation).
+    #[serde(default)]
+    pub snapshot: bool,
+    /// Values since the previous read (not in this build: refused).
+    #[serde(default)]
+    pub reset_on_read: bool,
+}
+
+fn default_aggregate() -> AggregateSpec {
+    AggregateSpec::Sum
+}
+
+/// Per-CPU aggregation in a spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AggregateSpec {
+    /// Sum.
+    Sum,
+    /// Mean.
+    Avg,
+    /// Minimum.
+    Min,
+    /// Maximum.
+    Max,
+    /// One sample per CPU.
+    None,
+}
+
+impl AggregateSpec {
+    /// The extraction layer's aggregation (None: per CPU).
+    pub fn aggregation(self) -> Option<Aggregation> {
+        match self {
+            AggregateSpec::Sum => Some(Aggregation::Sum),
+            AggregateSpec::Avg => Some(Aggregation::Avg),
+            AggregateSpec::Min => Some(Aggregation::Min),
+            AggregateSpec::Max => Some(Aggregation::Max),
+            AggregateSpec::None => None,
+        }
+    }
+}
+
+/// Prometheus metric type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricKind {
+    /// Monotonic.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Buckets (not in this build).
+    Histogram,
+    /// Unknown.
+    #[default]
+    Untyped,
+}
+
+/// A key field turned into a label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLabel {
+    /// Path of the field in the key (empty: the whole key).
+    #[serde(default)]
+    pub field: String,
+    /// Label name.
+    pub label: String,
+    /// How the value is written.
+    #[serde(default = "default_format")]
+    pub format: LabelFormat,
+}
+
+fn default_format() -> LabelFormat {
+    LabelFormat::Decimal
+}
+
+fn name_ok(s: &str, max: usize, extra: &[char]) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c))
+}
+
+/// Every problem of a spec (no object needed), with field paths. `cli` =
+/// the `*_file` fields are allowed (the CLI replaces them).
+pub fn validate(s: &ProbeSpec, cli: bool) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let mut err = |f: String, m: String| errs.push(FieldError::new(f, m));
+    if s.version != 1 {
+        err(
+            "version".into(),
+            format!("version {} is not supported (only 1)", s.version),
+        );
+    }
+    if !name_ok(&s.name, 63, &['-']) {
+        err(
+            "name".into(),
+            format!(
+                "{:?}: a probe name is 1 to 63 letters, digits, '_' or '-', starting with a letter",
+                s.name
+            ),
+        );
+    }
+    if s.attach.taps.is_empty() {
+        err(
+            "attach.taps".into(),
+            "at least one interface name or glob".into(),
+        );
+    }
+    for (i, t) in s.attach.taps.iter().enumerate() {
+        let plain = t.replace(['*', '?', '[', ']'], "x");
+        if let Err(e) = crate::policy::validate::check_ifname(&plain) {
+            err(format!("attach.taps[{i}]"), e);
+        } else if glob::Pattern::new(t).is_err() {
+            err(format!("attach.taps[{i}]"), format!("{t:?} is not a valid glob"));
+        }
+    }
+    if s.attach.hook == Hook::Xdp {
+        err(
+            "attach.hook".into(),
+            "xdp probes are not supported by this build yet; use tc".into(),
+        );
+    }
+    let code = [
+        s.source.is_some(),
+        s.object.is_some(),
+        cli && s.source_file.is_some(),
+        cli && s.object_file.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if !cli && (s.source_file.is_some() || s.object_file.is_some()) {
+        err(
+            if s.source_file.is_some() { "source_file" } else { "object_file" }.into(),
+            "file fields are read by the CLI; over the API send `source` (C) or `object` (base64 ELF)".into(),
+        );
+    }
+    if code != 1 {
+        err(
+            "source".into(),
+            "exactly one of `source` (C) or `object` (base64 BPF ELF) is required".into(),
+        );
+    }
+    if s.metrics.is_empty() {
+        err(
+            "metrics".into(),
+            "at least one metric (a map to export)".into(),
+        );
+    }
+    let mut seen = BTreeMap::new();
+    for (i, m) in s.metrics.iter().enumerate() {
+        let f = |x: &str| format!("metrics[{i}].{x}");
+        if !name_ok(&m.name, 100, &[]) {
+            err(
+                f("name"),
+                format!(
+                    "{:?}: a metric name is letters, digits and '_', starting with a letter",
+                    m.name
+                ),
+            );
+        } else if let Some(j) = seen.insert(m.name.clone(), i) {
+            err(f("name"), format!("duplicate of metrics[{j}].name"));
+        }
+        if m.map.is_empty() {
+            err(f("map"), "the map to export".into());
+        }
+        if m.kind == MetricKind::Histogram {
+            err(
+                f("type"),
+                "histogram is not supported by this build yet; use counter, gauge or untyped"
+                    .into(),
+            );
+        }
+        if m.snapshot {
+            err(
+                f("snapshot"),
+                "snapshots are not supported by this build yet".into(),
+            );
+        }
+        if m.reset_on_read {
+            err(
+                f("reset_on_read"),
+                "reset-on-read is not supported by this build yet".into(),
+            );
+        }
+        let reserved = ["probe", "cpu", "__name__"];
+        for l in m.labels.keys() {
+            if !name_ok(l, 100, &[]) || reserved.contains(&l.as_str()) {
+                err(f(&format!("labels.{l}")), format!("{l:?} is not a valid label name (reserved: probe, cpu)"));
+            }
+        }
+        for (k, kl) in m.key_labels.iter().enumerate() {
+            if !name_ok(&kl.label, 100, &[]) || reserved.contains(&kl.label.as_str()) {
+                err(
+                    f(&format!("key_labels[{k}].label")),
+                    format!("{:?} is not a valid label name (reserved: probe, cpu)", kl.label),
+                );
+            }
+        }
+    }
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> ProbeSpec {
+        serde_yaml::from_str(&format!(
+            "version: 1\nname: p\nattach: {{taps: [vm1-tap]}}\nsource: 'int x;'\nmetrics: [{{name: m, map: counts}}]\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn fields(e: &[FieldError]) -> Vec<String> {
+        e.iter().map(|e| e.field.clone()).collect()
+    }
+
+    #[test]
+    fn a_minimal_spec_is_valid() {
+        let s = spec("");
+        assert_eq!(fields(&validate(&s, false)), Vec::<String>::new());
+        assert_eq!(s.attach.hook, Hook::Tc);
+        assert_eq!(s.metrics[0].aggregate, AggregateSpec::Sum);
+        assert_eq!(s.metrics[0].kind, MetricKind::Untyped);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let mut s = spec("");
+        s.version = 2;
+        s.name = "1bad".into();
+        s.attach.taps = vec!["a b".into(), "[".into()];
+        s.attach.hook = Hook::Xdp;
+        s.object = Some("AAAA".into());
+        s.metrics.push(s.metrics[0].clone());
+        s.metrics[1].kind = MetricKind::Histogram;
+        s.metrics[1].reset_on_read = true;
+        s.metrics[1].labels.insert("probe".into(), "x".into());
+        assert_eq!(
+            fields(&validate(&s, false)),
+            [
+                "version",
+                "name",
+                "attach.taps[0]",
+                "attach.taps[1]",
+                "attach.hook",
+                "source",
+                "metrics[1].name",
+                "metrics[1].type",
+                "metrics[1].reset_on_read",
+                "metrics[1].labels.probe",
+            ]
+        );
+    }
+
+    #[test]
+    fn files_only_from_the_cli() {
+        let mut s = spec("");
+        s.source = None;
+        s.source_file = Some("x.c".into());
+        assert!(validate(&s, true).is_empty());
+        assert_eq!(fields(&validate(&s, false)), ["source_file", "source"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = serde_yaml::from_str::<ProbeSpec>(
+            "version: 1\nname: p\nattach: {taps: [x]}\nsource: ''\nmetrics: []\nbogus: 1\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+}
