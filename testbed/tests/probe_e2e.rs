@@ -177,3 +177,52 @@ fn base64_of(path: &str) -> String {
     }
     out
 }
+
+/// Reset on read: each API read returns what was counted since the previous
+/// one, while `/metrics` stays monotonic — neither steals the other's counts.
+#[test]
+fn reset_on_read_windows_and_monotonic_metrics() {
+    let Some(tb) = testbed("reset_on_read_windows_and_monotonic_metrics") else {
+        return;
+    };
+    let d = tb.start_daemon(&[]).expect("daemon");
+    let mut spec = traffic_by_dst();
+    for m in spec["metrics"].as_array_mut().unwrap() {
+        m["reset_on_read"] = json!(true);
+    }
+    // Mixed settings on one map are refused.
+    let mut mixed = spec.clone();
+    mixed["metrics"][1]["reset_on_read"] = json!(false);
+    let (code, body) = put(&d, "traffic-by-dst", &mixed);
+    assert_eq!(code, 422, "{body:#}");
+    assert!(body.to_string().contains("must agree"), "{body:#}");
+
+    let (code, st) = put(&d, "traffic-by-dst", &spec);
+    assert_eq!(code, 201, "{st:#}");
+    let vm2 = tb.addr(2, false).to_string();
+    let scrape = |d: &Daemon| {
+        d.metrics().unwrap().sum(
+            "vtap_probe_dst_packets_total",
+            &[("probe", "traffic-by-dst"), ("dst", vm2.as_str())],
+        )
+    };
+    assert_eq!(tb.ping(1, 2, 5, false).unwrap().received, 5);
+    assert_eq!(dst_packets(&d, &vm2), 5, "first window");
+    assert_eq!(scrape(&d), 5.0);
+    assert_eq!(tb.ping(1, 2, 3, false).unwrap().received, 3);
+    // A scrape in between does not steal the API's window.
+    assert_eq!(scrape(&d), 8.0, "monotonic");
+    assert_eq!(dst_packets(&d, &vm2), 3, "second window");
+    assert_eq!(dst_packets(&d, &vm2), 0, "nothing since");
+    assert_eq!(scrape(&d), 8.0, "still monotonic");
+    // The other metric of the map saw every count too.
+    let m = d.metrics().unwrap();
+    assert_eq!(
+        m.sum(
+            "vtap_probe_dst_bytes_total",
+            &[("probe", "traffic-by-dst"), ("dst", vm2.as_str())]
+        ),
+        8.0 * 98.0
+    );
+    d.stop().expect("daemon exits 0");
+}

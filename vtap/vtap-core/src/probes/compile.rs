@@ -29,7 +29,6 @@
 //!    object is refused.
 //! 3. When clang fails, its diagnostics are returned only if every file they
 //!    point into is an allowed one; otherwise they are withheld.
-//!
 //! 4. clang itself is confined with Landlock: it may read and execute only
 //!    under `/usr` (itself, its libraries, the headers) and read
 //!    `/etc/ld.so.cache`, and read and write only in the private directory.
@@ -44,8 +43,9 @@
 //! environment of `PATH` only, stdin from `/dev/null`, in its own process
 //! group (killed as a whole when [`COMPILE_TIMEOUT`] expires), with resource
 //! limits (address space, file size, no core dumps) and `no_new_privs`; at
-//! most 64 KiB of its stderr are kept. The compiler is `clang-19` from `PATH`, or the program
-//! named by `VTAP_CLANG` (as for the build of the datapath).
+//! most 64 KiB of its stderr are kept. The compiler is `clang-19` from
+//! `PATH`, or the program named by `VTAP_CLANG` (as for the build of the
+//! datapath).
 //!
 //! [`compile_c`] blocks for the compiler's run (about 50 ms for a small
 //! probe): call it from a blocking context (`tokio::task::spawn_blocking`).
@@ -61,7 +61,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Limits of compiling probe source on the appliance.
+/// Limits of compiling probe source on the appliance: the largest source.
 pub const MAX_SOURCE_BYTES: usize = 64 * 1024;
 /// Wall-clock time clang may take; it is killed after that.
 pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -367,7 +367,8 @@ fn confinement(dir: &Path, clang: &std::ffi::OsStr) -> Result<landlock::Ruleset,
 }
 
 /// Where the compiler is installed: the directory above the one holding
-/// its real binary (`/usr/lib/llvm-19` for `/usr/bin/clang-19`).
+/// its real binary (`/usr/lib/llvm-19` for `/usr/bin/clang-19`), or the
+/// binary alone when that directory would be `/` or a top-level one.
 fn installation_of(clang: &std::ffi::OsStr) -> Option<PathBuf> {
     let p = Path::new(clang);
     let found = if p.components().count() > 1 {
@@ -378,7 +379,10 @@ fn installation_of(clang: &std::ffi::OsStr) -> Option<PathBuf> {
             .find(|c| c.is_file())?
     };
     let real = fs::canonicalize(found).ok()?;
-    real.parent()?.parent().map(Path::to_path_buf)
+    match real.parent().and_then(Path::parent) {
+        Some(prefix) if prefix.components().count() >= 3 => Some(prefix.to_path_buf()),
+        _ => Some(real),
+    }
 }
 
 /// The few Landlock calls needed to confine clang (raw system calls: the
@@ -457,13 +461,13 @@ mod landlock {
             Ok(Ruleset { fd, handled })
         }
 
-        /// Allows reading (and executing) files beneath `path`, or the file
-        /// `path`.
+        /// Allows reading (and executing) files beneath the directory
+        /// `path`, or the file `path`.
         pub(super) fn allow_read(&self, path: &Path) -> io::Result<()> {
             let access = if path.is_dir() {
                 ACCESS_FS_EXECUTE | ACCESS_FS_READ_FILE | ACCESS_FS_READ_DIR
             } else {
-                ACCESS_FS_READ_FILE
+                ACCESS_FS_EXECUTE | ACCESS_FS_READ_FILE
             };
             self.add(path, access)
         }
@@ -1065,8 +1069,8 @@ impl<'a> Sections<'a> {
         Ok(s)
     }
 
-    /// A 64-bit (or, at 0x28 sh_link / 0x04 sh_type, read as 32-bit by
-    /// callers) field of section header `i`.
+    /// The 8 bytes at `off` of section header `i`, little-endian (callers
+    /// mask the 32-bit fields: sh_name at 0, sh_type at 4, sh_link at 0x28).
     fn field(&self, i: usize, off: usize) -> Result<u64, &'static str> {
         let at = self.shoff + i * Self::SHDR + off;
         let b = self

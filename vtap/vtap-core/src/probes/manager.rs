@@ -55,6 +55,46 @@ struct Metric {
     spec: MetricSpec,
     layout: MapLayout,
     key_fields: Vec<(Field, super::btf::LabelFormat, String)>,
+    /// `reset_on_read`: what was drained from the map, by raw key.
+    acc: std::sync::Mutex<Accumulated>,
+}
+
+/// Drained values of a reset-on-read metric: the running total (for
+/// `/metrics`) and what the API has not returned yet (its window).
+#[derive(Default)]
+struct Accumulated {
+    total: BTreeMap<Vec<u8>, (Value, Value)>,
+    window: BTreeMap<Vec<u8>, (Value, Value)>,
+}
+
+/// Adds `b` into `a`, number by number (objects by member, arrays by
+/// element); non-numbers take `b`.
+fn add_values(a: &mut Value, b: &Value) {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            *x = match (x.as_u64(), y.as_u64()) {
+                (Some(p), Some(q)) => p.saturating_add(q).into(),
+                _ => serde_json::Number::from_f64(x.as_f64().unwrap_or(0.0) + y.as_f64().unwrap_or(0.0))
+                    .unwrap_or_else(|| 0.into()),
+            };
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, v) in y {
+                match x.get_mut(k) {
+                    Some(slot) => add_values(slot, v),
+                    None => {
+                        x.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (s, v) in x.iter_mut().zip(y) {
+                add_values(s, v);
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
 }
 
 /// A running probe.
@@ -176,6 +216,7 @@ fn resolve_metrics(s: &ProbeSpec, btf: &Btf) -> Result<Vec<Metric>, ProbeManager
             spec: m.clone(),
             layout,
             key_fields,
+            acc: Default::default(),
         });
     }
     if errs.is_empty() {
@@ -334,11 +375,19 @@ impl ProbeManager {
             if only.is_some_and(|o| o != m.spec.name) {
                 continue;
             }
-            let entries = p.read_map(m)?;
-            let value = m
-                .layout
-                .decode(&entries, m.spec.aggregate.aggregation())
-                .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?;
+            let value = if m.spec.reset_on_read {
+                p.drain(m)?;
+                let mut acc = m.acc.lock().unwrap();
+                std::mem::take(&mut acc.window)
+                    .into_values()
+                    .map(|(k, v)| json!({"key": k, "value": v}))
+                    .collect()
+            } else {
+                let entries = p.read_map(m)?;
+                m.layout
+                    .decode(&entries, m.spec.aggregate.aggregation())
+                    .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?
+            };
             out.push(json!({
                 "name": m.spec.name,
                 "value": value,
@@ -441,9 +490,85 @@ impl Probe {
         batch::read(fd, Method::Auto).map_err(|e| ProbeManagerError::Kernel(e.to_string()))
     }
 
+    /// Empties a reset-on-read map into the accumulators of every metric
+    /// that exports it (they all see every count once).
+    fn drain(&self, m: &Metric) -> Result<(), ProbeManagerError> {
+        let map = self
+            .ebpf
+            .map(&m.spec.map)
+            .ok_or_else(|| ProbeManagerError::Kernel(format!("map {} is gone", m.spec.map)))?;
+        let fd = map_fd(map).ok_or_else(|| {
+            ProbeManagerError::Kernel(format!("map {}: unsupported map kind", m.spec.map))
+        })?;
+        let entries = batch::read_and_delete(fd, Method::Auto)
+            .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?;
+        for m in self.metrics.iter().filter(|x| x.spec.map == m.spec.map) {
+            let decoded = m
+                .layout
+                .decode(&entries, m.spec.aggregate.aggregation())
+                .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?;
+            let mut guard = m.acc.lock().unwrap();
+            let acc = &mut *guard;
+            for ((k, _), d) in entries.iter().zip(decoded) {
+                let key = d.get("key").cloned().unwrap_or(Value::Null);
+                let value = d.get("value").cloned().unwrap_or(Value::Null);
+                for table in [&mut acc.total, &mut acc.window] {
+                    match table.get_mut(k) {
+                        Some((_, v)) => add_values(v, &value),
+                        None => {
+                            table.insert(k.to_vec(), (key.clone(), value.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn samples(&self) -> Result<Vec<Sample>, ProbeManagerError> {
         let mut out = Vec::new();
         for m in &self.metrics {
+            if m.spec.reset_on_read {
+                self.drain(m)?;
+                let acc = m.acc.lock().unwrap();
+                for (k, (_, value)) in &acc.total {
+                    let mut labels: Vec<(String, String)> = m
+                        .spec
+                        .labels
+                        .iter()
+                        .map(|(a, b)| (a.clone(), b.clone()))
+                        .collect();
+                    for (f, fmt, label) in &m.key_fields {
+                        let text = f
+                            .format(k, *fmt)
+                            .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?;
+                        labels.push((label.clone(), text));
+                    }
+                    let per_cpu: Vec<(Option<usize>, &Value)> = match value {
+                        Value::Array(a) if m.spec.aggregate.aggregation().is_none() => {
+                            a.iter().enumerate().map(|(c, v)| (Some(c), v)).collect()
+                        }
+                        v => vec![(None, v)],
+                    };
+                    for (cpu, val) in per_cpu {
+                        let Some(x) = pick(val, &m.spec.value_field) else {
+                            continue;
+                        };
+                        let mut labels = labels.clone();
+                        if let Some(c) = cpu {
+                            labels.push(("cpu".into(), c.to_string()));
+                        }
+                        out.push(Sample {
+                            metric: m.spec.name.clone(),
+                            help: m.spec.help.clone(),
+                            kind: m.spec.kind,
+                            labels,
+                            value: x,
+                        });
+                    }
+                }
+                continue;
+            }
             let entries = self.read_map(m)?;
             let per_cpu = entries.map_type().is_per_cpu();
             let ncpus = entries.ncpus();

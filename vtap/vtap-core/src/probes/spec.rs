@@ -113,7 +113,11 @@ pub struct MetricSpec {
     /// build: refused by validation).
     #[serde(default)]
     pub snapshot: bool,
-    /// Values since the previous read (not in this build: refused).
+    /// Window semantics over the API: each read returns what was counted
+    /// since the previous API read, and the map is emptied (batch
+    /// lookup-and-delete); `/metrics` stays monotonic (user space keeps the
+    /// running total), so a scrape and an API reader never steal each
+    /// other's counts.
     #[serde(default)]
     pub reset_on_read: bool,
 }
@@ -261,7 +265,21 @@ pub fn validate(s: &ProbeSpec, cli: bool) -> Vec<FieldError> {
         );
     }
     let mut seen = BTreeMap::new();
+    let mut reset_of_map: BTreeMap<&str, (usize, bool)> = BTreeMap::new();
     for (i, m) in s.metrics.iter().enumerate() {
+        match reset_of_map.get(m.map.as_str()) {
+            Some(&(j, r)) if r != m.reset_on_read => err(
+                format!("metrics[{i}].reset_on_read"),
+                format!(
+                    "metrics[{j}] exports map {} with reset_on_read: {r}: every metric of a map must agree (reading resets the whole map)",
+                    m.map
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                reset_of_map.insert(&m.map, (i, m.reset_on_read));
+            }
+        }
         let f = |x: &str| format!("metrics[{i}].{x}");
         if !name_ok(&m.name, 100, &[]) {
             err(
@@ -290,10 +308,10 @@ pub fn validate(s: &ProbeSpec, cli: bool) -> Vec<FieldError> {
                 "snapshots are not supported by this build yet".into(),
             );
         }
-        if m.reset_on_read {
+        if m.reset_on_read && m.kind == MetricKind::Gauge {
             err(
                 f("reset_on_read"),
-                "reset-on-read is not supported by this build yet".into(),
+                "reset_on_read sums what was counted between reads: it applies to counters (and untyped), not gauges".into(),
             );
         }
         let reserved = ["probe", "cpu", "__name__"];
@@ -349,6 +367,7 @@ mod tests {
         s.metrics.push(s.metrics[0].clone());
         s.metrics[1].kind = MetricKind::Histogram;
         s.metrics[1].reset_on_read = true;
+        s.metrics[1].kind = MetricKind::Gauge;
         s.metrics[1].labels.insert("probe".into(), "x".into());
         assert_eq!(
             fields(&validate(&s, false)),
@@ -359,8 +378,8 @@ mod tests {
                 "attach.taps[1]",
                 "attach.hook",
                 "source",
+                "metrics[1].reset_on_read",
                 "metrics[1].name",
-                "metrics[1].type",
                 "metrics[1].reset_on_read",
                 "metrics[1].labels.probe",
             ]
