@@ -118,6 +118,9 @@ struct {
 	__uint(max_entries, 1 << 24);
 } vtap_pcap_ring SEC(".maps");
 
+/* Parse results published for probes (see vtap_abi.h). */
+PERCPU_ARRAY_MAP(vtap_parse_pub, 1, struct vtap_parse_pub);
+
 /* Token buckets of the rate-limited policies, one per policy slot, shared by
  * every CPU (a struct bpf_spin_lock in the value). */
 ARRAY_MAP(vtap_rate, VTAP_MAX_POLICIES, struct vtap_rate_state);
@@ -350,8 +353,29 @@ struct fire_ctx {
 	__u32 dir;
 	__u32 len;
 	__u32 _pad;
-	__u8 reason[VTAP_MAX_OUTPUTS]; /* why output i failed */
+	/* why output i failed: 4 bits per output (reasons < 16), 16 per word;
+	 * packed to keep the stack of the main program + the send path under
+	 * the verifier's 512 bytes */
+	__u64 reason[VTAP_MAX_OUTPUTS / 16];
 };
+
+/* Publishes the parse result of skb for probes (vtap_abi.h, "parse
+ * once"). A global function, so its copy does not add to the main
+ * program's stack. */
+__noinline int vtap_publish_parse(struct __sk_buff *skb, const struct vtap_parse *p)
+{
+	__u32 zero = 0;
+	if (!skb || !p)
+		return 0;
+	struct vtap_parse_pub *pp = bpf_map_lookup_elem(&vtap_parse_pub, &zero);
+	if (!pp)
+		return 0;
+	pp->seq++;
+	pp->ifindex = skb->ifindex;
+	__builtin_memcpy(&pp->p, p, sizeof(*p));
+	skb->cb[4] = pp->seq;
+	return 0;
+}
 
 /* --------------------------------------------------------------- shaping
  *
@@ -585,7 +609,7 @@ static long account_policy(__u64 i, void *arg)
 		if (!d)
 			d = bpf_map_lookup_elem(&vtap_policy_drops, &slot);
 		if (d) {
-			__u32 r = c->reason[o & (VTAP_MAX_OUTPUTS - 1)];
+			__u32 r = (c->reason[(o >> 4) & 3] >> ((o & 15) * 4)) & 15;
 			if (r < VTAP_DROP_REASONS)
 				d->reason[r]++;
 		}
@@ -801,7 +825,7 @@ static __always_inline void send_copies(void *ctx, const int xdp, struct fire_ct
 			if (cs)
 				cs->sent++;
 		} else {
-			c->reason[o & (VTAP_MAX_OUTPUTS - 1)] = reason;
+			c->reason[(o >> 4) & 3] |= (__u64)(reason & 15) << ((o & 15) * 4);
 			if (cs)
 				cs->failed++;
 		}
@@ -847,6 +871,9 @@ static __always_inline void vtap_packet(void *ctx, const int xdp, __u32 dir)
 	vtap_parse_ctx(ctx, xdp, &p, dir);
 	if (ts && (p.flags & VTAP_P_TRUNCATED))
 		ts->truncated++;
+	/* Parse once: probes after us on this hook read the result. */
+	if (!xdp && (g->flags & VTAP_G_SHARE_PARSE))
+		vtap_publish_parse(ctx, &p);
 
 	struct fire_ctx c = {};
 	struct vtap_bitmap base = sel->policies;

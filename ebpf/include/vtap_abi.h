@@ -103,8 +103,16 @@ enum vtap_parse_flags {
 struct vtap_global {
 	__u32 active_gen;
 	__u32 abi_version;
+	__u32 flags; /* enum vtap_global_flags */
+	__u32 _pad;
 };
-_Static_assert(sizeof(struct vtap_global) == 8, "vtap_global size");
+_Static_assert(sizeof(struct vtap_global) == 16, "vtap_global size");
+
+enum vtap_global_flags {
+	/* Publish each packet's parse result in vtap_parse_pub for probes
+	 * (set while at least one probe runs). */
+	VTAP_G_SHARE_PARSE = 1 << 0,
+};
 
 struct vtap_bitmap {
 	__u64 w[VTAP_BITMAP_WORDS];
@@ -339,5 +347,17 @@ struct vtap_parse {
 	__u32 _pad2;
 };
 _Static_assert(sizeof(struct vtap_parse) == 64, "vtap_parse size");
+
+/* vtap_parse_pub: per-CPU array[1], pinned for probes ("parse once"). The
+ * TC programs write the parse result of the packet they handle and its
+ * sequence number, and put the same number in skb->cb[4]; a probe attached
+ * after them on the same hook finds the entry for *its* packet when
+ * seq == skb->cb[4] and ifindex == skb->ifindex (see vtap_probe.h). */
+struct vtap_parse_pub {
+	__u32 seq;
+	__u32 ifindex;
+	struct vtap_parse p;
+};
+_Static_assert(sizeof(struct vtap_parse_pub) == 72, "vtap_parse_pub size");
 
 #endif /* VTAP_ABI_H */

@@ -46,6 +46,36 @@
  * would change the packet's fate or skip the programs after the probe. */
 #define VTAP_PROBE_PASS TC_ACT_UNSPEC
 
+#include "vtap_abi.h"
+
+/*
+ * Parse once: when vtap's own TC program handled this packet on this hook
+ * just before the probe (the interface is a vtap tap in that direction),
+ * it left its parse result here — addresses, ports, protocol, TCP flags,
+ * L3/L4 offsets, VLAN, direction, tap (struct vtap_parse in vtap_abi.h).
+ * The daemon shares this map with every probe it loads.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct vtap_parse_pub);
+} vtap_parse_pub SEC(".maps");
+
+/* vtap's parse result of this very packet, or NULL (vtap did not parse it:
+ * parse it yourself, e.g. with vtap_probe_parse below). The entry is the
+ * packet's when the sequence number vtap put in skb->cb[4], the interface
+ * and the length all agree. */
+static __always_inline const struct vtap_parse *vtap_probe_shared(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct vtap_parse_pub *pp = bpf_map_lookup_elem(&vtap_parse_pub, &zero);
+	if (!pp || pp->seq == 0 || pp->seq != skb->cb[4] || pp->ifindex != skb->ifindex ||
+	    pp->p.len != skb->len)
+		return NULL;
+	return &pp->p;
+}
+
 /* Packet offsets beyond this are not read (the verifier needs a bound on
  * variable offsets; headers never lie that deep). */
 #define VTAP_PROBE_MAX_OFF 0x3fff

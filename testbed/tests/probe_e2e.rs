@@ -226,3 +226,61 @@ fn reset_on_read_windows_and_monotonic_metrics() {
     );
     d.stop().expect("daemon exits 0");
 }
+
+/// Parse once: on an interface vtap taps, a probe reads vtap's parse result
+/// of the very packet it handles (`vtap_probe_shared`); elsewhere it gets
+/// none and parses itself.
+#[test]
+fn probes_share_vtaps_parse_results() {
+    let Some(tb) = testbed("probes_share_vtaps_parse_results") else {
+        return;
+    };
+    // vtap taps vm1-tap (both directions); vm2-tap is not tapped.
+    let mirror = "version: 1\nname: m\ntaps: [vm1-tap]\nmatch: {protocol: tcp}\noutputs:\n  - interface: mon0\n    vlan: 10\n";
+    let d = tb.start_daemon(&[("m.yaml", mirror)]).expect("daemon");
+    let src = r#"#include "vtap_probe.h"
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 3);
+	__type(key, __u32);
+	__type(value, __u64);
+} seen SEC(".maps");
+SEC("classifier")
+int shared_check(struct __sk_buff *skb)
+{
+	const struct vtap_parse *p = vtap_probe_shared(skb);
+	__u32 k = 2; /* not shared */
+	if (p)
+		k = (p->flags & VTAP_P_L4) && p->proto == 1 ? 0 : 1; /* shared ICMP, shared other */
+	__u64 *v = bpf_map_lookup_elem(&seen, &k);
+	if (v)
+		*v += 1;
+	return VTAP_PROBE_PASS;
+}
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+"#;
+    let spec = json!({
+        "version": 1, "name": "shared",
+        "attach": {"taps": ["vm1-tap", "vm2-tap"], "hook": "tc", "direction": "ingress"},
+        "source": src,
+        "metrics": [{"name": "seen", "map": "seen", "type": "counter", "aggregate": "sum",
+                     "key_labels": [{"field": "", "label": "kind", "format": "decimal"}]}]
+    });
+    let (code, st) = put(&d, "shared", &spec);
+    assert_eq!(code, 201, "{st:#}\n{}", d.log());
+    assert_eq!(tb.ping(1, 2, 10, false).unwrap().received, 10);
+    let m = d.metrics().unwrap();
+    let kind = |k: &str| m.sum("vtap_probe_seen_total", &[("probe", "shared"), ("kind", k)]);
+    // vm1-tap ingress: the 10 echo requests, parsed by vtap and shared;
+    // vm2-tap ingress: the 10 replies, not tapped by vtap: the probe's own.
+    assert_eq!(
+        (kind("0"), kind("1"), kind("2")),
+        (10.0, 0.0, 10.0),
+        "{}",
+        m.dump("vtap_probe")
+    );
+    // Removing the last probe stops the publishing; injecting again works.
+    let r = d.request("DELETE", "/api/v1/probes/shared", None).unwrap();
+    assert_eq!(r.status, 204);
+    d.stop().expect("daemon exits 0");
+}

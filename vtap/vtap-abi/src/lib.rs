@@ -140,6 +140,25 @@ pub struct Global {
     pub active_gen: u32,
     /// [`ABI_VERSION`].
     pub abi_version: u32,
+    /// [`GLOBAL_SHARE_PARSE`], ….
+    pub flags: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+
+/// `Global::flags`: publish parse results for probes.
+pub const GLOBAL_SHARE_PARSE: u32 = 1;
+
+/// `struct vtap_parse_pub`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParsePub {
+    /// Sequence number (also in `skb->cb[4]`).
+    pub seq: u32,
+    /// Interface index.
+    pub ifindex: u32,
+    /// The parse result.
+    pub p: Parse,
 }
 
 /// `struct vtap_bitmap`: a set of policy slots.
@@ -550,6 +569,7 @@ pod!(
     PcapRec,
     CaptureStats,
     Parse,
+    ParsePub,
 );
 
 /// One struct's layout: (C struct name, size, [(field, offset)]).
@@ -566,7 +586,8 @@ pub fn layouts() -> Vec<Layout> {
         };
     }
     vec![
-        l!("vtap_global", Global, [active_gen, abi_version]),
+        l!("vtap_global", Global, [active_gen, abi_version, flags, _pad]),
+        l!("vtap_parse_pub", ParsePub, [seq, ifindex, p]),
         l!("vtap_bitmap", Bitmap, [w]),
         l!(
             "vtap_gen_config",

@@ -191,6 +191,17 @@ impl Engine {
         self.xdp_taps = patterns;
     }
 
+    /// Publishes (or stops publishing) each packet's parse result for probes
+    /// (`vtap_parse_pub`, see ARCHITECTURE.md "Probes").
+    pub fn set_share_parse(&self, on: bool) -> Result<(), EngineError> {
+        Ok(self.dp.set_global_flag(vtap_abi::GLOBAL_SHARE_PARSE, on)?)
+    }
+
+    /// Pins `vtap_parse_pub` where probes will find it.
+    pub fn pin_parse_pub(&self, path: &std::path::Path) -> Result<(), EngineError> {
+        Ok(self.dp.pin_parse_pub(path)?)
+    }
+
     /// Routes pcap records to `captures` from the next [`Engine::apply`] on.
     pub fn set_captures(&mut self, captures: std::sync::Arc<Captures>) {
         self.captures = Some(captures);

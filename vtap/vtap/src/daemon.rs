@@ -263,6 +263,66 @@ fn log_engine_error(what: &str, e: &EngineError) {
     }
 }
 
+/// Where `vtap_parse_pub` is pinned for probes; removed (and the private
+/// bpf filesystem unmounted) on drop.
+pub struct BpfPin {
+    pub pin: PathBuf,
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl BpfPin {
+    /// A directory on a bpf filesystem: `/sys/fs/bpf/vtap-PID` when
+    /// /sys/fs/bpf is one, else a bpf filesystem mounted (in the daemon's
+    /// mount namespace) on `STATE_DIR/bpffs`.
+    fn create(state_dir: &std::path::Path) -> anyhow::Result<BpfPin> {
+        const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+        let is_bpffs = |p: &std::path::Path| -> bool {
+            let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+                return false;
+            };
+            // SAFETY: a valid C string and an out-struct.
+            let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+            let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+            rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+        };
+        let sys = std::path::Path::new("/sys/fs/bpf");
+        let (dir, mounted) = if is_bpffs(sys) {
+            (sys.join(format!("vtap-{}", std::process::id())), false)
+        } else {
+            let d = state_dir.join("bpffs");
+            std::fs::create_dir_all(&d)?;
+            if !is_bpffs(&d) {
+                let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes())?;
+                let fs = c"bpf";
+                // SAFETY: valid C strings; no data.
+                if unsafe { libc::mount(fs.as_ptr(), c.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } != 0 {
+                    anyhow::bail!("mounting a bpf filesystem on {}: {}", d.display(), std::io::Error::last_os_error());
+                }
+            }
+            (d, true)
+        };
+        std::fs::create_dir_all(&dir)?;
+        let pin = dir.join("vtap_parse_pub");
+        let _ = std::fs::remove_file(&pin);
+        Ok(BpfPin { pin, dir, mounted })
+    }
+}
+
+impl Drop for BpfPin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.pin);
+        if self.mounted {
+            if let Ok(c) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) {
+                // SAFETY: a valid C string.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        } else {
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
 /// Builds the state: loads the policy directory and the explicit taps,
 /// loads the datapath and applies them.
 pub async fn build_state(cfg: &Config) -> anyhow::Result<AppState> {
@@ -296,8 +356,19 @@ pub async fn build_state(cfg: &Config) -> anyhow::Result<AppState> {
     };
     let caps = captures.clone();
     let xdp_taps = cfg.xdp_taps.clone();
-    let (engine, reader) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let state_dir = cfg.state_dir.clone();
+    let (engine, reader, pin) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut engine = Engine::with_options(opts)?;
+        // Parse once: probes share vtap's parse results through this map.
+        let pin = match BpfPin::create(&state_dir)
+            .and_then(|p| engine.pin_parse_pub(&p.pin).map(|()| p).map_err(Into::into))
+        {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "parse results will not be shared with probes");
+                None
+            }
+        };
         engine.set_xdp_taps(xdp_taps);
         engine.set_captures(caps.clone());
         let ring = engine
@@ -311,9 +382,13 @@ pub async fn build_state(cfg: &Config) -> anyhow::Result<AppState> {
             log_engine_error("initial policy set rejected", &e);
             anyhow::bail!("initial policy set rejected: {e}");
         }
-        Ok((engine, reader))
+        Ok((engine, reader, pin))
     })
     .await??;
+    let mut probes = vtap_core::probes::manager::ProbeManager::new();
+    if let Some(p) = &pin {
+        probes.set_parse_pub_pin(p.pin.clone());
+    }
     tracing::info!(policies = engine.policies().len(), dir = %cfg.policies.display(), "policies active");
     let state = AppState {
         core: Arc::new(Mutex::new(Core {
@@ -330,7 +405,8 @@ pub async fn build_state(cfg: &Config) -> anyhow::Result<AppState> {
         request_timeout: cfg.request_timeout,
         captures,
         ring_reader: Arc::new(Mutex::new(Some(reader))),
-        probes: Arc::new(Mutex::new(vtap_core::probes::manager::ProbeManager::new())),
+        probes: Arc::new(Mutex::new(probes)),
+        bpf_pin: Arc::new(Mutex::new(pin)),
     };
     state.update_ready();
     Ok(state)
@@ -388,6 +464,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         // Probes: detached and freed with their objects.
         *st.probes.lock().unwrap_or_else(|p| p.into_inner()) =
             vtap_core::probes::manager::ProbeManager::new();
+        st.bpf_pin.lock().unwrap_or_else(|p| p.into_inner()).take();
         // Stop reading the ring, then close every capture file.
         st.ring_reader.lock().unwrap_or_else(|p| p.into_inner()).take();
         st.captures.shutdown();

@@ -175,6 +175,8 @@ pub struct Maps {
     pub capture_stats: MapHandle,
     /// Token buckets of rate-limited policies (`vtap_rate`, by slot).
     pub rate: MapHandle,
+    /// Parse results published for probes (`vtap_parse_pub`).
+    pub parse_pub: MapHandle,
 }
 
 fn map_data(m: Map) -> Option<MapData> {
@@ -198,6 +200,8 @@ pub struct Datapath {
     barrier: sys::RcuBarrier,
     links: BTreeMap<(String, Dir), LinkId>,
     pcap_ring: Option<RingBuf<MapData>>,
+    /// `vtap_global.flags` (kept across generation flips).
+    flags: std::sync::atomic::AtomicU32,
 }
 
 /// Load-time settings of the datapath.
@@ -284,6 +288,7 @@ impl Datapath {
             copy_stats: take("vtap_copy_stats")?,
             capture_stats: take("vtap_capture_stats")?,
             rate: take("vtap_rate")?,
+            parse_pub: take("vtap_parse_pub")?,
         };
         let ring = ebpf
             .take_map("vtap_pcap_ring")
@@ -308,12 +313,15 @@ impl Datapath {
             barrier,
             links: BTreeMap::new(),
             pcap_ring: Some(pcap_ring),
+            flags: std::sync::atomic::AtomicU32::new(0),
         };
         dp.maps.global.update(
             &0u32,
             &vtap_abi::Global {
                 active_gen: 0,
                 abi_version: vtap_abi::ABI_VERSION,
+                flags: 0,
+                _pad: 0,
             },
         )?;
         Ok(dp)
@@ -322,6 +330,39 @@ impl Datapath {
     /// The pcap ring buffer, for its one reader (None after the first call).
     pub fn take_pcap_ring(&mut self) -> Option<RingBuf<MapData>> {
         self.pcap_ring.take()
+    }
+
+    /// `vtap_global.flags` as user space last set them.
+    pub fn global_flags(&self) -> u32 {
+        self.flags.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets or clears `vtap_global` flags (the active generation is kept).
+    /// The engine serialises this with generation flips.
+    pub fn set_global_flag(&self, flag: u32, on: bool) -> Result<(), DatapathError> {
+        use std::sync::atomic::Ordering;
+        let f = if on {
+            self.flags.fetch_or(flag, Ordering::Relaxed) | flag
+        } else {
+            self.flags.fetch_and(!flag, Ordering::Relaxed) & !flag
+        };
+        let mut g: vtap_abi::Global = self.maps.global.lookup(&0u32)?.unwrap_or_default();
+        g.abi_version = vtap_abi::ABI_VERSION;
+        g.flags = f;
+        self.maps.global.update(&0u32, &g)
+    }
+
+    /// Pins `vtap_parse_pub` at `path` (on a bpf filesystem) so probes
+    /// loaded with that pin path share it.
+    pub fn pin_parse_pub(&self, path: &std::path::Path) -> Result<(), DatapathError> {
+        self.maps
+            .parse_pub
+            .data
+            .pin(path)
+            .map_err(|e| DatapathError::Os {
+                what: "pinning vtap_parse_pub",
+                source: std::io::Error::other(e.to_string()),
+            })
     }
 
     /// The program for a direction (for attach, detach and test runs).

@@ -139,6 +139,8 @@ impl Reconciler {
             &vtap_abi::Global {
                 active_gen: g,
                 abi_version: vtap_abi::ABI_VERSION,
+                flags: dp.global_flags(),
+                _pad: 0,
             },
         )?;
         self.active = g;

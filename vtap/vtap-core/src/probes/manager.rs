@@ -161,6 +161,8 @@ pub struct Sample {
 #[derive(Default)]
 pub struct ProbeManager {
     probes: BTreeMap<String, Probe>,
+    /// Where vtap's `vtap_parse_pub` is pinned (probes share it).
+    parse_pub_pin: Option<std::path::PathBuf>,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ProbeManagerError {
@@ -240,6 +242,12 @@ impl ProbeManager {
         Self::default()
     }
 
+    /// Probes loaded from now on share the parse results of vtap's
+    /// programs through the map pinned at `path` (see `vtap_probe.h`).
+    pub fn set_parse_pub_pin(&mut self, path: std::path::PathBuf) {
+        self.parse_pub_pin = Some(path);
+    }
+
     /// Names of the running probes.
     pub fn names(&self) -> Vec<String> {
         self.probes.keys().cloned().collect()
@@ -270,7 +278,13 @@ impl ProbeManager {
         let btf = Btf::from_elf(&obj).map_err(|e| invalid("object", format!("BTF: {e}")))?;
         let metrics = resolve_metrics(&spec, &btf)?;
 
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(pin) = &self.parse_pub_pin
+            && btf.map("vtap_parse_pub").is_ok()
+        {
+            loader.map_pin_path("vtap_parse_pub", pin.as_path());
+        }
+        let mut ebpf = loader
             .load(&obj)
             .map_err(|e| invalid("object", format!("loading the object: {e}")))?;
         let tc: Vec<String> = ebpf

@@ -66,6 +66,8 @@ pub struct AppState {
     pub ring_reader: Arc<Mutex<Option<vtap_core::capture::ring::RingReader>>>,
     /// Running probes.
     pub probes: Arc<Mutex<vtap_core::probes::manager::ProbeManager>>,
+    /// Where the parse results are pinned for probes (removed at shutdown).
+    pub bpf_pin: Arc<Mutex<Option<crate::daemon::BpfPin>>>,
 }
 
 impl AppState {

@@ -128,6 +128,7 @@ pub async fn put_one(
     .await
     .map_err(|e| ApiError::internal("blocking task failed", e))?;
     let (replaced, st) = r.map_err(api_error)?;
+    share_parse(&s).await?;
     let code = if replaced {
         StatusCode::OK
     } else {
@@ -149,7 +150,19 @@ pub async fn delete_one(
         .await
         .map_err(|e| ApiError::internal("blocking task failed", e))?
         .map_err(api_error)?;
+    share_parse(&s).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// vtap's programs publish their parse results while some probe runs.
+async fn share_parse(s: &AppState) -> Result<(), ApiError> {
+    let on = !s.probes.lock().unwrap().names().is_empty();
+    s.with_core(move |c| {
+        c.engine
+            .set_share_parse(on)
+            .map_err(|e| ApiError::unavailable("sharing parse results with probes", e))
+    })
+    .await
 }
 
 /// `?format=json|openmetrics`.

@@ -99,6 +99,7 @@ fn env(auth: Auth) -> Option<Env> {
         captures,
         ring_reader: Arc::new(Mutex::new(None)),
         probes: Default::default(),
+        bpf_pin: Default::default(),
     };
     Some(Env { state, dir, rt })
 }
