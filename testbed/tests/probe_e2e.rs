@@ -7,6 +7,7 @@
 //! Run: `cargo build -p vtap && cargo test -p vtap-testbed --test probe_e2e`
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use vtap_testbed::{Daemon, Options, Testbed, require_root};
@@ -282,5 +283,65 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
     // Removing the last probe stops the publishing; injecting again works.
     let r = d.request("DELETE", "/api/v1/probes/shared", None).unwrap();
     assert_eq!(r.status, 204);
+    d.stop().expect("daemon exits 0");
+}
+
+/// Replacing a probe under traffic loses and duplicates nothing: the new
+/// version takes over the old one's TCX link atomically, and the old one's
+/// final counts come back in the response.
+#[test]
+fn replacing_a_probe_50_times_under_traffic_loses_nothing() {
+    let Some(tb) = testbed("replacing_a_probe_50_times_under_traffic_loses_nothing") else {
+        return;
+    };
+    let d = tb.start_daemon(&[]).expect("daemon");
+    let spec = traffic_by_dst();
+    let (code, st) = put(&d, "traffic-by-dst", &spec);
+    assert_eq!(code, 201, "{st:#}");
+    let vm2 = tb.addr(2, false).to_string();
+    let count_in = |fin: &Value| -> u64 {
+        fin.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["name"] == "dst_packets")
+            .flat_map(|m| m["value"].as_array().cloned().unwrap_or_default())
+            .filter(|e| {
+                e["key"]["addr"]
+                    .as_u64()
+                    .map(|a| std::net::Ipv4Addr::from(a as u32).to_string())
+                    == Some(vm2.clone())
+            })
+            .map(|e| e["value"]["packets"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    const PINGS: u32 = 400;
+    let mut ping = tb
+        .spawn(
+            &tb.vm(1).ns,
+            "ping",
+            &["-n", "-q", "-c", &PINGS.to_string(), "-i", "0.01", &vm2],
+        )
+        .unwrap();
+    let mut counted = 0;
+    let mut swaps = 0;
+    while swaps < 50 {
+        let (code, st) = put(&d, "traffic-by-dst", &spec);
+        assert_eq!(code, 200, "{st:#}");
+        counted += count_in(&st["replaced_final"]);
+        swaps += 1;
+    }
+    let status = ping.wait_timeout(Duration::from_secs(30)).unwrap();
+    assert!(status.is_some_and(|s| s.success()), "ping: {}", ping.stdout());
+    assert!(
+        ping.stdout().contains(&format!("{PINGS} packets transmitted, {PINGS} received")),
+        "{}",
+        ping.stdout()
+    );
+    counted += dst_packets(&d, &vm2);
+    assert_eq!(
+        counted,
+        PINGS as u64,
+        "echo requests counted across {swaps} versions"
+    );
     d.stop().expect("daemon exits 0");
 }

@@ -163,6 +163,8 @@ pub struct ProbeManager {
     probes: BTreeMap<String, Probe>,
     /// Where vtap's `vtap_parse_pub` is pinned (probes share it).
     parse_pub_pin: Option<std::path::PathBuf>,
+    /// The final metrics of the last replaced version.
+    last_replaced: Option<(String, Vec<Value>)>,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ProbeManagerError {
@@ -332,17 +334,66 @@ impl ProbeManager {
             insns,
             object_bytes: obj.len(),
         };
+        let name = probe.spec.name.clone();
+        // Replacement: where the old version is attached and the new one
+        // should be too, the new program takes over the old one's TCX link
+        // with one BPF_LINK_UPDATE — same place in the chain, and every
+        // packet is seen by exactly one of the two versions.
+        let mut swapped = 0;
+        if let Some(old) = self.probes.get_mut(&name) {
+            let keys: Vec<(String, Dir)> = old.links.keys().cloned().collect();
+            for key in keys {
+                let Some(id) = old.links.remove(&key) else {
+                    continue;
+                };
+                let link = match old.prog().take_link(id) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(probe = %name, error = %e, "taking the old link");
+                        continue;
+                    }
+                };
+                match probe.prog().attach_to_link(link) {
+                    Ok(nid) => {
+                        probe.links.insert(key, nid);
+                        swapped += 1;
+                    }
+                    Err(e) => {
+                        // The link went with the error; the new version is
+                        // attached afresh by reconcile below.
+                        tracing::warn!(probe = %name, error = %e, "atomic replacement failed");
+                    }
+                }
+            }
+        }
         probe.reconcile(links);
         probe.load_ms = started.elapsed().as_secs_f64() * 1e3;
-        let name = probe.spec.name.clone();
         let replaced = self.probes.insert(name.clone(), probe);
         if let Some(mut old) = replaced {
             old.detach_all();
-            tracing::info!(probe = %name, "probe replaced");
+            // Packets the old version was handling when its links moved
+            // finish within a grace period; then its maps hold its final
+            // counts.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            self.last_replaced = Some((name.clone(), old.final_json()));
+            tracing::info!(probe = %name, swapped, "probe replaced");
             Ok(true)
         } else {
+            self.last_replaced = None;
             tracing::info!(probe = %name, "probe injected");
             Ok(false)
+        }
+    }
+
+    /// The final metrics of the version the last [`ProbeManager::inject`]
+    /// replaced (read after the switch), as `read_json` gives them.
+    pub fn take_replaced_final(&mut self, name: &str) -> Option<Vec<Value>> {
+        match self.last_replaced.take() {
+            Some((n, v)) if n == name => Some(v),
+            other => {
+                self.last_replaced = other;
+                None
+            }
         }
     }
 
@@ -484,6 +535,37 @@ impl Probe {
                 }
             }
         }
+    }
+
+    /// Every metric's value now (non-resetting reads), for a version that
+    /// no longer runs.
+    fn final_json(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for m in &self.metrics {
+            let value = if m.spec.reset_on_read {
+                if self.drain(m).is_err() {
+                    continue;
+                }
+                let acc = m.acc.lock().unwrap();
+                acc.window
+                    .values()
+                    .map(|(k, v)| json!({"key": k, "value": v}))
+                    .collect()
+            } else {
+                match self
+                    .read_map(m)
+                    .and_then(|e| {
+                        m.layout
+                            .decode(&e, m.spec.aggregate.aggregation())
+                            .map_err(|e| ProbeManagerError::Kernel(e.to_string()))
+                    }) {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                }
+            };
+            out.push(json!({"name": m.spec.name, "value": value, "timestamp": now_unix_ms()}));
+        }
+        out
     }
 
     fn detach_all(&mut self) {

@@ -123,7 +123,13 @@ pub async fn put_one(
     let r = tokio::task::spawn_blocking(move || {
         let mut m = p.lock().unwrap();
         let replaced = m.inject(spec, &links)?;
-        Ok::<_, ProbeManagerError>((replaced, m.status(&name)))
+        let mut st = serde_json::to_value(m.status(&name)).unwrap_or_default();
+        if let Some(fin) = m.take_replaced_final(&name) {
+            // What the replaced version counted, read after the switch:
+            // nothing is lost between versions.
+            st["replaced_final"] = Value::Array(fin);
+        }
+        Ok::<_, ProbeManagerError>((replaced, st))
     })
     .await
     .map_err(|e| ApiError::internal("blocking task failed", e))?;
@@ -134,7 +140,7 @@ pub async fn put_one(
     } else {
         StatusCode::CREATED
     };
-    Ok((code, Json(serde_json::to_value(st).unwrap_or_default())).into_response())
+    Ok((code, Json(st)).into_response())
 }
 
 #[utoipa::path(delete, path = "/api/v1/probes/{name}", tag = "probes",
