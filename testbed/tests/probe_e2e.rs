@@ -345,3 +345,82 @@ fn replacing_a_probe_50_times_under_traffic_loses_nothing() {
     );
     d.stop().expect("daemon exits 0");
 }
+
+/// Snapshots: two maps the probe updates together always read in
+/// agreement, while traffic flows, and every packet is counted once across
+/// the two alternating copies.
+#[test]
+fn snapshot_reads_maps_at_one_instant() {
+    let Some(tb) = testbed("snapshot_reads_maps_at_one_instant") else {
+        return;
+    };
+    let d = tb.start_daemon(&[]).expect("daemon");
+    let src = r#"#include "vtap_probe.h"
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} first SEC(".maps"), second SEC(".maps");
+SEC("classifier")
+int pair(struct __sk_buff *skb)
+{
+	struct vtap_probe_pkt p;
+	if (vtap_probe_parse(skb, &p) != 0 || p.ether_type != ETH_P_IP || p.proto != IPPROTO_ICMP)
+		return VTAP_PROBE_PASS;
+	__u32 k = 0;
+	__u64 *a = bpf_map_lookup_elem(&first, &k);
+	__u64 *b = bpf_map_lookup_elem(&second, &k);
+	if (a && b) {
+		__sync_fetch_and_add(a, 1);
+		__sync_fetch_and_add(b, 1);
+	}
+	return VTAP_PROBE_PASS;
+}
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+"#;
+    let spec = json!({
+        "version": 1, "name": "pair",
+        "attach": {"taps": ["vm1-tap"], "hook": "tc", "direction": "ingress"},
+        "source": src,
+        "metrics": [
+            {"name": "first", "map": "first", "type": "counter", "snapshot": true},
+            {"name": "second", "map": "second", "type": "counter", "snapshot": true}
+        ]
+    });
+    let (code, st) = put(&d, "pair", &spec);
+    assert_eq!(code, 201, "{st:#}");
+    const PINGS: u64 = 1000;
+    let vm2 = tb.addr(2, false).to_string();
+    let mut ping = tb
+        .spawn(&tb.vm(1).ns, "ping", &["-n", "-q", "-c", "1000", "-i", "0.002", &vm2])
+        .unwrap();
+    let read = || -> (u64, u64) {
+        let r = d.get("/api/v1/probes/pair/metrics").unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        let get = |i: usize| {
+            v[i]["value"]
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(|e| e["value"].as_u64())
+                .unwrap_or(0)
+        };
+        (get(0), get(1))
+    };
+    let mut reads = 0;
+    let mut last = 0;
+    while ping.try_wait().unwrap().is_none() && reads < 200 {
+        let (a, b) = read();
+        assert_eq!(a, b, "read {reads}: the two maps disagree");
+        assert!(a >= last, "totals go back: {a} < {last}");
+        last = a;
+        reads += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(reads >= 20, "only {reads} reads during the traffic");
+    let st = ping.wait_timeout(Duration::from_secs(20)).unwrap();
+    assert!(st.is_some_and(|s| s.success()), "{}", ping.stdout());
+    assert_eq!(read(), (PINGS, PINGS), "every echo request counted once");
+    d.stop().expect("daemon exits 0");
+}

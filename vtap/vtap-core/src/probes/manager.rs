@@ -100,7 +100,10 @@ fn add_values(a: &mut Value, b: &Value) {
 /// A running probe.
 struct Probe {
     spec: ProbeSpec,
+    /// The copy attached now.
     ebpf: Ebpf,
+    /// Snapshot probes: the idle copy (loaded, not attached).
+    spare: Option<Ebpf>,
     program: String,
     metrics: Vec<Metric>,
     links: BTreeMap<(String, Dir), SchedClassifierLinkId>,
@@ -322,9 +325,31 @@ impl ProbeManager {
             .ok()
             .and_then(|i| i.size_translated().map(|s| s as u64 / 8))
             .unwrap_or(0);
+        let spare = if spec.metrics.first().is_some_and(|m| m.snapshot) {
+            let mut loader = EbpfLoader::new();
+            if let Some(pin) = &self.parse_pub_pin
+                && btf.map("vtap_parse_pub").is_ok()
+            {
+                loader.map_pin_path("vtap_parse_pub", pin.as_path());
+            }
+            let mut e = loader
+                .load(&obj)
+                .map_err(|e| invalid("object", format!("loading the object: {e}")))?;
+            let p: &mut SchedClassifier = e
+                .program_mut(&program)
+                .expect("listed")
+                .try_into()
+                .expect("a SchedClassifier");
+            p.load()
+                .map_err(|e| ProbeManagerError::Verifier(verifier_text(&e)))?;
+            Some(e)
+        } else {
+            None
+        };
         let mut probe = Probe {
             spec,
             ebpf,
+            spare,
             program,
             metrics,
             links: BTreeMap::new(),
@@ -430,20 +455,33 @@ impl ProbeManager {
     /// or the one named `only`): `value` follows the map's structure — one
     /// `{"key", "value"}` per entry, per-CPU values aggregated as the spec
     /// says.
-    pub fn read_json(&self, name: &str, only: Option<&str>) -> Result<Vec<Value>, ProbeManagerError> {
+    pub fn read_json(
+        &mut self,
+        name: &str,
+        only: Option<&str>,
+    ) -> Result<Vec<Value>, ProbeManagerError> {
         let p = self
             .probes
-            .get(name)
+            .get_mut(name)
             .ok_or_else(|| ProbeManagerError::NotFound(name.to_string()))?;
+        p.snapshot()?;
+        let p = &*p;
         let mut out = Vec::new();
         for m in &p.metrics {
             if only.is_some_and(|o| o != m.spec.name) {
                 continue;
             }
-            let value = if m.spec.reset_on_read {
-                p.drain(m)?;
+            let value = if m.spec.reset_on_read || m.spec.snapshot {
+                if !m.spec.snapshot {
+                    p.drain(m)?;
+                }
                 let mut acc = m.acc.lock().unwrap();
-                std::mem::take(&mut acc.window)
+                let table = if m.spec.reset_on_read {
+                    std::mem::take(&mut acc.window)
+                } else {
+                    acc.total.clone()
+                };
+                table
                     .into_values()
                     .map(|(k, v)| json!({"key": k, "value": v}))
                     .collect()
@@ -468,9 +506,12 @@ impl ProbeManager {
     }
 
     /// Every probe's samples for `/metrics`, by probe name.
-    pub fn samples(&self) -> BTreeMap<String, Vec<Sample>> {
+    pub fn samples(&mut self) -> BTreeMap<String, Vec<Sample>> {
         let mut out = BTreeMap::new();
-        for (name, p) in &self.probes {
+        for (name, p) in self.probes.iter_mut() {
+            if let Err(e) = p.snapshot() {
+                tracing::warn!(probe = %name, error = %e, "snapshot");
+            }
             match p.samples() {
                 Ok(s) => {
                     out.insert(name.clone(), s);
@@ -539,15 +580,21 @@ impl Probe {
 
     /// Every metric's value now (non-resetting reads), for a version that
     /// no longer runs.
-    fn final_json(&self) -> Vec<Value> {
+    fn final_json(&mut self) -> Vec<Value> {
+        // A snapshot probe's two copies both hold counts: empty both.
+        if self.spare.is_some() {
+            let _ = self.drain_copy(true);
+            let _ = self.drain_copy(false);
+        }
         let mut out = Vec::new();
         for m in &self.metrics {
-            let value = if m.spec.reset_on_read {
-                if self.drain(m).is_err() {
+            let value = if m.spec.reset_on_read || m.spec.snapshot {
+                if !m.spec.snapshot && self.drain(m).is_err() {
                     continue;
                 }
                 let acc = m.acc.lock().unwrap();
-                acc.window
+                let table = if m.spec.reset_on_read { &acc.window } else { &acc.total };
+                table
                     .values()
                     .map(|(k, v)| json!({"key": k, "value": v}))
                     .collect()
@@ -586,11 +633,69 @@ impl Probe {
         batch::read(fd, Method::Auto).map_err(|e| ProbeManagerError::Kernel(e.to_string()))
     }
 
+    /// Snapshot probes: the idle copy takes over every link of the active
+    /// one (one BPF_LINK_UPDATE per link), and after a grace period the copy
+    /// that stopped is emptied into the totals: every map of it as of one
+    /// instant, while the probe keeps counting in the other copy.
+    fn snapshot(&mut self) -> Result<(), ProbeManagerError> {
+        let Some(mut spare) = self.spare.take() else {
+            return Ok(());
+        };
+        let program = self.program.clone();
+        let keys: Vec<(String, Dir)> = self.links.keys().cloned().collect();
+        let mut moved = BTreeMap::new();
+        for key in keys {
+            let id = self.links.remove(&key).expect("listed");
+            let link = self
+                .prog()
+                .take_link(id)
+                .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?;
+            let sp: &mut SchedClassifier = spare
+                .program_mut(&program)
+                .expect("loaded")
+                .try_into()
+                .expect("a SchedClassifier");
+            let nid = sp
+                .attach_to_link(link)
+                .map_err(|e| ProbeManagerError::Kernel(format!("snapshot switch: {e}")))?;
+            moved.insert(key, nid);
+        }
+        let stopped = std::mem::replace(&mut self.ebpf, spare);
+        self.spare = Some(stopped);
+        self.links = moved;
+        // Packets the stopped copy was handling finish within a grace period.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        self.drain_copy(true)
+    }
+
+    /// Empties every exported map of one copy (the spare one, or the
+    /// active) into the metrics' accumulators.
+    fn drain_copy(&self, spare: bool) -> Result<(), ProbeManagerError> {
+        let src = if spare {
+            self.spare.as_ref().unwrap_or(&self.ebpf)
+        } else {
+            &self.ebpf
+        };
+        let maps: BTreeSet<&str> = self.metrics.iter().map(|m| m.spec.map.as_str()).collect();
+        for map in maps {
+            let m = self
+                .metrics
+                .iter()
+                .find(|m| m.spec.map == map)
+                .expect("listed");
+            self.drain_from(src, m)?;
+        }
+        Ok(())
+    }
+
     /// Empties a reset-on-read map into the accumulators of every metric
     /// that exports it (they all see every count once).
     fn drain(&self, m: &Metric) -> Result<(), ProbeManagerError> {
-        let map = self
-            .ebpf
+        self.drain_from(&self.ebpf, m)
+    }
+
+    fn drain_from(&self, src: &Ebpf, m: &Metric) -> Result<(), ProbeManagerError> {
+        let map = src
             .map(&m.spec.map)
             .ok_or_else(|| ProbeManagerError::Kernel(format!("map {} is gone", m.spec.map)))?;
         let fd = map_fd(map).ok_or_else(|| {
@@ -624,8 +729,10 @@ impl Probe {
     fn samples(&self) -> Result<Vec<Sample>, ProbeManagerError> {
         let mut out = Vec::new();
         for m in &self.metrics {
-            if m.spec.reset_on_read {
-                self.drain(m)?;
+            if m.spec.reset_on_read || m.spec.snapshot {
+                if !m.spec.snapshot {
+                    self.drain(m)?;
+                }
                 let acc = m.acc.lock().unwrap();
                 for (k, (_, value)) in &acc.total {
                     let mut labels: Vec<(String, String)> = m

@@ -109,8 +109,10 @@ pub struct MetricSpec {
     /// CPU with a `cpu` label).
     #[serde(default = "default_aggregate")]
     pub aggregate: AggregateSpec,
-    /// Read all snapshot maps of the probe at one instant (not in this
-    /// build: refused by validation).
+    /// Read all the probe's maps at one instant while it keeps counting: two
+    /// copies of the probe alternate (an atomic TCX link update), each read
+    /// empties the copy that just stopped into user-space totals. Per
+    /// probe: every metric or none.
     #[serde(default)]
     pub snapshot: bool,
     /// Window semantics over the API: each read returns what was counted
@@ -302,10 +304,10 @@ pub fn validate(s: &ProbeSpec, cli: bool) -> Vec<FieldError> {
                     .into(),
             );
         }
-        if m.snapshot {
+        if m.snapshot != s.metrics[0].snapshot {
             err(
                 f("snapshot"),
-                "snapshots are not supported by this build yet".into(),
+                "snapshot is per probe (two copies of it alternate): set it on every metric or on none".into(),
             );
         }
         if m.reset_on_read && m.kind == MetricKind::Gauge {
@@ -368,6 +370,7 @@ mod tests {
         s.metrics[1].kind = MetricKind::Histogram;
         s.metrics[1].reset_on_read = true;
         s.metrics[1].kind = MetricKind::Gauge;
+        s.metrics[1].snapshot = true;
         s.metrics[1].labels.insert("probe".into(), "x".into());
         assert_eq!(
             fields(&validate(&s, false)),
@@ -381,6 +384,7 @@ mod tests {
                 "metrics[1].reset_on_read",
                 "metrics[1].name",
                 "metrics[1].reset_on_read",
+                "metrics[1].snapshot",
                 "metrics[1].labels.probe",
             ]
         );

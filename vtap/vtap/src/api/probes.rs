@@ -200,7 +200,7 @@ async fn metrics_of(
     if om {
         let n = name.clone();
         let (exists, samples) = tokio::task::spawn_blocking(move || {
-            let m = p.lock().unwrap();
+            let mut m = p.lock().unwrap();
             (m.status(&n).is_some(), m.samples())
         })
         .await
