@@ -383,8 +383,8 @@ mod tests {
                 "source",
                 "metrics[1].reset_on_read",
                 "metrics[1].name",
-                "metrics[1].reset_on_read",
                 "metrics[1].snapshot",
+                "metrics[1].reset_on_read",
                 "metrics[1].labels.probe",
             ]
         );
