@@ -808,6 +808,24 @@ fn promtool_accepts_metrics_in_both_formats() {
         .unwrap();
         assert_eq!(r.status, 201, "PUT {name}: {}", r.body);
     }
+    // A library probe too: its maps are exported in /metrics as well.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ebpf/probes");
+    let mut spec: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(dir.join("traffic_by_dst.yaml")).unwrap(),
+    )
+    .unwrap();
+    spec.as_object_mut().unwrap().remove("source_file");
+    spec["source"] = serde_json::json!(std::fs::read_to_string(dir.join("traffic_by_dst.c")).unwrap());
+    let r = http(
+        &ns,
+        d.addr,
+        "PUT",
+        "/api/v1/probes/traffic-by-dst",
+        &[],
+        Some(&spec.to_string()),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "PUT probe: {}", r.body);
     let p = tb.ping(1, 2, 20, false).unwrap();
     assert_eq!(p.received, 20);
     let flow = UdpFlow::start(
@@ -847,6 +865,11 @@ fn promtool_accepts_metrics_in_both_formats() {
     );
     let text = r.body.clone();
     let m = Metrics::parse(&text).unwrap();
+    assert!(
+        m.sum("vtap_probe_dst_packets_total", &[("probe", "traffic-by-dst")]) >= 20.0,
+        "{}",
+        m.dump("vtap_probe")
+    );
     for (policy, output) in [("icmp", "mon0.100"), ("udp", "mon0.200"), ("all2", "mon0")] {
         let v = m.sum(
             "vtap_policy_mirrored_packets_total",
