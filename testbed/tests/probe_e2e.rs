@@ -424,3 +424,47 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
     assert_eq!(read(), (PINGS, PINGS), "every echo request counted once");
     d.stop().expect("daemon exits 0");
 }
+
+/// The CLI: inject a library probe from its spec file (the source file is
+/// read beside it), list it, read it, delete it.
+#[test]
+fn cli_injects_a_library_probe_from_its_spec_file() {
+    let Some(tb) = testbed("cli_injects_a_library_probe_from_its_spec_file") else {
+        return;
+    };
+    let d = tb.start_daemon(&[]).expect("daemon");
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ebpf/probes/traffic_by_dst.yaml");
+    let api = format!("http://{}", d.addr);
+    let vtap = |args: &[&str]| -> (i32, String) {
+        let mut c = vtap_testbed::cmd::ns_command(&tb.host_ns, vtap_testbed::vtap_bin());
+        c.arg("--api").arg(&api).args(args);
+        let o = vtap_testbed::cmd::run(&mut c, Duration::from_secs(60)).expect("vtap runs");
+        (
+            o.status.code().unwrap_or(-1),
+            format!("{}{}", o.stdout, o.stderr),
+        )
+    };
+    let (rc, out) = vtap(&["probe", "inject", "-f", spec.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("probe traffic-by-dst injected"), "{out}");
+    assert!(out.contains("vm1-tap:ingress") && out.contains("vm2-tap:ingress"), "{out}");
+    assert_eq!(tb.ping(1, 2, 7, false).unwrap().received, 7);
+    let (rc, out) = vtap(&["probe", "list"]);
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("traffic-by-dst") && out.contains("dst_packets"), "{out}");
+    let (rc, out) = vtap(&["probe", "metrics", "traffic-by-dst", "--openmetrics"]);
+    assert_eq!(rc, 0, "{out}");
+    let vm2 = tb.addr(2, false).to_string();
+    assert!(
+        out.contains(&format!("vtap_probe_dst_packets_total{{probe=\"traffic-by-dst\",dst=\"{vm2}\"}} 7")),
+        "{out}"
+    );
+    let (rc, out) = vtap(&["probe", "inject", "-f", "/nonexistent.yaml"]);
+    assert_eq!(rc, 1, "{out}");
+    let (rc, out) = vtap(&["probe", "delete", "traffic-by-dst"]);
+    assert_eq!(rc, 0, "{out}");
+    let (rc, out) = vtap(&["probe", "get", "traffic-by-dst"]);
+    assert_eq!(rc, 1, "{out}");
+    assert!(out.contains("404") || out.contains("no probe"), "{out}");
+    d.stop().expect("daemon exits 0");
+}
