@@ -135,6 +135,16 @@ def map_case(context, case):
     path = case.path
     body = getattr(case, "body", None)
     rng = _rng(method, path, case.path_parameters, case.query, repr(body))
+    if path == "/api/v1/captures/{name}/stream":
+        # A live stream of an existing capture never ends by itself: every
+        # case bounds it (1-2 s), and part of them name captures the fuzzed
+        # policies create.
+        q = dict(case.query or {})
+        q["seconds"] = rng.choice([1, 2])
+        case.query = q
+        if _maybe(rng, 0.5):
+            case.path_parameters["name"] = rng.choice(CAPTURE_NAMES[:3])
+        return case
     if not _maybe(rng, 0.5):
         return case  # leave half of the cases exactly as generated
     if path == "/api/v1/policies/{name}":
