@@ -468,3 +468,45 @@ fn cli_injects_a_library_probe_from_its_spec_file() {
     assert!(out.contains("404") || out.contains("no probe"), "{out}");
     d.stop().expect("daemon exits 0");
 }
+
+/// A bucket-indexed map exported as a real Prometheus histogram
+/// (cumulative `le` buckets, `_sum`, `_count`), accepted by promtool.
+#[test]
+fn a_bucket_map_is_exported_as_a_histogram() {
+    let Some(tb) = testbed("a_bucket_map_is_exported_as_a_histogram") else {
+        return;
+    };
+    let d = tb.start_daemon(&[]).expect("daemon");
+    let mut spec: Value =
+        serde_yaml::from_str::<Value>(&library("pkt_size_hist.yaml")).expect("spec YAML");
+    let obj = spec.as_object_mut().unwrap();
+    obj.remove("source_file");
+    obj.insert("source".into(), json!(library("pkt_size_hist.c")));
+    obj.insert(
+        "attach".into(),
+        json!({"taps": ["vm1-tap"], "hook": "tc", "direction": "both"}),
+    );
+    let (code, st) = put(&d, "pkt-size-hist", &spec);
+    assert_eq!(code, 201, "{st:#}");
+    assert_eq!(tb.ping(1, 2, 10, false).unwrap().received, 10);
+    let text = d.metrics_text().unwrap();
+    let m = vtap_testbed::Metrics::parse(&text).unwrap();
+    let b = |le: &str| {
+        m.sum(
+            "vtap_probe_frame_size_bytes_bucket",
+            &[("probe", "pkt-size-hist"), ("le", le)],
+        )
+    };
+    // 10 echo requests and 10 replies of 98 bytes, on vm1-tap.
+    assert_eq!((b("64"), b("128"), b("65535"), b("+Inf")), (0.0, 20.0, 20.0, 20.0), "{text}");
+    let p = [("probe", "pkt-size-hist")];
+    assert_eq!(m.sum("vtap_probe_frame_size_bytes_count", &p), 20.0);
+    assert_eq!(m.sum("vtap_probe_frame_size_bytes_sum", &p), 20.0 * 98.0);
+    // promtool (installed by scripts/install-deps.sh) accepts it.
+    let mut c = std::process::Command::new("promtool");
+    c.args(["check", "metrics"]);
+    let o = vtap_testbed::cmd::run_with_stdin(&mut c, Some(text.as_bytes()), Duration::from_secs(30))
+        .expect("promtool runs");
+    assert!(o.success(), "promtool: {}{}", o.stdout, o.stderr);
+    d.stop().expect("daemon exits 0");
+}

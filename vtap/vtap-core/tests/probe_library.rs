@@ -392,12 +392,17 @@ fn resolve(p: &LibProbe) -> Resolved {
     assert_eq!(spec.attach.taps, ["vm*-tap"], "{name}.yaml");
     for m in &spec.metrics {
         let what = format!("{name}.yaml: metric {}", m.name);
+        assert!(!m.help.trim().is_empty(), "{what}: help");
+        assert!(!m.snapshot && !m.reset_on_read, "{what}");
+        if m.kind == MetricKind::Histogram {
+            // Bucket-indexed map: no key labels; checked below.
+            assert!(!m.buckets.is_empty() && m.key_labels.is_empty(), "{what}");
+            continue;
+        }
         assert!(
             matches!(m.kind, MetricKind::Counter | MetricKind::Gauge),
             "{what}: type"
         );
-        assert!(!m.help.trim().is_empty(), "{what}: help");
-        assert!(!m.snapshot && !m.reset_on_read, "{what}");
         assert!(
             !m.value_field.is_empty() && !m.key_labels.is_empty(),
             "{what}"
@@ -410,6 +415,16 @@ fn resolve(p: &LibProbe) -> Resolved {
     for m in &spec.metrics {
         let what = format!("{name}: metric {} (map {})", m.name, m.map);
         let layout = MapLayout::new(&btf, &m.map).unwrap_or_else(|e| panic!("{what}: {e}"));
+        if m.kind == MetricKind::Histogram {
+            assert!(layout.key.size() <= 8, "{what}: bucket index key");
+            for f in [&m.value_field, &m.sum_field] {
+                layout
+                    .value
+                    .field(f)
+                    .unwrap_or_else(|e| panic!("{what}: field {f:?}: {e}"));
+            }
+            continue;
+        }
         let labels = m
             .key_labels
             .iter()

@@ -11,7 +11,7 @@ use vtap_abi::drop_reason;
 use std::collections::BTreeMap;
 
 use vtap_core::engine::Engine;
-use vtap_core::probes::manager::Sample;
+use vtap_core::probes::manager::{HistSample, Sample};
 use vtap_core::probes::spec::MetricKind;
 
 use crate::wire::CaptureInfo;
@@ -25,6 +25,8 @@ pub enum Kind {
     GaugeMicros,
     /// A float gauge whose samples are `f64::to_bits` (probe gauges).
     GaugeF64,
+    /// A histogram (samples in `Family::hists`; probe histograms).
+    Histogram,
 }
 
 /// One metric family: `name` is the full sample name (`..._total` for
@@ -36,6 +38,8 @@ pub struct Family {
     pub kind: Kind,
     pub labels: Vec<String>,
     pub samples: Vec<(Vec<String>, u64)>,
+    /// Kind::Histogram: one histogram per label set.
+    pub hists: Vec<(Vec<String>, HistSample)>,
 }
 
 impl Family {
@@ -46,6 +50,7 @@ impl Family {
             kind,
             labels: labels.iter().map(|s| s.to_string()).collect(),
             samples: Vec::new(),
+            hists: Vec::new(),
         }
     }
     /// A float gauge's sample value.
@@ -303,6 +308,7 @@ pub fn encode_text(fams: &[Family]) -> anyhow::Result<String> {
                 }
                 r.register(Box::new(g))?;
             }
+            Kind::Histogram => {}
             Kind::GaugeMicros | Kind::GaugeF64 => {
                 let g = prometheus::GaugeVec::new(opts, &labels)?;
                 for (l, v) in &f.samples {
@@ -313,8 +319,55 @@ pub fn encode_text(fams: &[Family]) -> anyhow::Result<String> {
             }
         }
     }
+    let mut gathered = r.gather();
+    // Histograms of known bucket counts: built as protocol families (the
+    // client's histogram type only observes values one by one).
+    for f in fams.iter().filter(|f| f.kind == Kind::Histogram) {
+        use prometheus::proto;
+        let mut mf = proto::MetricFamily::default();
+        mf.set_name(f.name.clone());
+        mf.set_help(f.help.clone());
+        mf.set_field_type(proto::MetricType::HISTOGRAM);
+        let mut metrics = Vec::new();
+        for (values, h) in &f.hists {
+            let mut m = proto::Metric::default();
+            m.set_label(
+                f.labels
+                    .iter()
+                    .zip(values)
+                    .map(|(k, v)| {
+                        let mut lp = proto::LabelPair::default();
+                        lp.set_name(k.clone());
+                        lp.set_value(v.clone());
+                        lp
+                    })
+                    .collect(),
+            );
+            let mut hist = proto::Histogram::default();
+            hist.set_sample_count(h.count);
+            hist.set_sample_sum(h.sum);
+            let mut cum = 0;
+            hist.set_bucket(
+                h.buckets
+                    .iter()
+                    .filter(|(b, _)| *b != f64::MAX)
+                    .map(|(b, c)| {
+                        cum += c;
+                        let mut bk = proto::Bucket::default();
+                        bk.set_upper_bound(*b);
+                        bk.set_cumulative_count(cum);
+                        bk
+                    })
+                    .collect(),
+            );
+            m.set_histogram(hist);
+            metrics.push(m);
+        }
+        mf.set_metric(metrics);
+        gathered.push(mf);
+    }
     let mut buf = Vec::new();
-    TextEncoder::new().encode(&r.gather(), &mut buf)?;
+    TextEncoder::new().encode(&gathered, &mut buf)?;
     Ok(String::from_utf8(buf)?)
 }
 
@@ -359,6 +412,13 @@ pub fn encode_openmetrics(fams: &[Family]) -> anyhow::Result<String> {
                 }
                 r.register(&f.name, help, fam);
             }
+            Kind::Histogram => {
+                let fam = PcFamily::<Labels, FixedHistogram>::default();
+                for (l, h) in &f.hists {
+                    *fam.get_or_create(&label_set(l)).0.lock().unwrap() = Some(h.clone());
+                }
+                r.register(&f.name, help, fam);
+            }
             Kind::GaugeMicros | Kind::GaugeF64 => {
                 let fam = PcFamily::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
                 for (l, v) in &f.samples {
@@ -371,6 +431,36 @@ pub fn encode_openmetrics(fams: &[Family]) -> anyhow::Result<String> {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r)?;
     Ok(out)
+}
+
+/// A histogram whose bucket counts are known (a probe's bucket map), for
+/// prometheus-client's encoder.
+#[derive(Debug, Default)]
+pub struct FixedHistogram(std::sync::Mutex<Option<HistSample>>);
+
+impl prometheus_client::encoding::EncodeMetric for FixedHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let h = self.0.lock().unwrap().clone().unwrap_or(HistSample {
+            buckets: vec![(f64::MAX, 0)],
+            sum: 0.0,
+            count: 0,
+        });
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            h.sum, h.count, &h.buckets, None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for FixedHistogram {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
 }
 
 /// The families of probe samples (`vtap_probe_<metric>`, label `probe`
@@ -394,6 +484,7 @@ pub fn probe_families(
             }
             let (kind, suffix) = match s.kind {
                 MetricKind::Counter => (Kind::Counter, "_total"),
+                MetricKind::Histogram => (Kind::Histogram, ""),
                 _ => (Kind::GaugeF64, ""),
             };
             let base = format!("vtap_probe_{}", s.metric);
@@ -414,12 +505,17 @@ pub fn probe_families(
                 kind,
                 labels: names.clone(),
                 samples: Vec::new(),
+                hists: Vec::new(),
             });
             if f.labels != names || f.kind != kind {
                 continue;
             }
             let mut values = vec![probe.clone()];
             values.extend(s.labels.iter().map(|(_, v)| v.clone()));
+            if let Some(h) = &s.hist {
+                f.hists.push((values, h.clone()));
+                continue;
+            }
             let v = match kind {
                 Kind::Counter => s.value.max(0.0) as u64,
                 _ => s.value.to_bits(),
@@ -463,6 +559,48 @@ mod tests {
         );
         f.add(&[], 3);
         vec![c, g, f]
+    }
+
+    #[test]
+    fn probe_histograms_in_both_formats() {
+        let mut samples = BTreeMap::new();
+        samples.insert(
+            "sizes".to_string(),
+            vec![Sample {
+                metric: "frame_size_bytes".into(),
+                help: "Frame sizes.".into(),
+                kind: MetricKind::Histogram,
+                labels: vec![],
+                value: 0.0,
+                hist: Some(HistSample {
+                    buckets: vec![(64.0, 1), (128.0, 3), (f64::MAX, 2)],
+                    sum: 700.0,
+                    count: 6,
+                }),
+            }],
+        );
+        let mut fams = Vec::new();
+        probe_families(&samples, None, None, &mut fams);
+        let text = encode_text(&fams).unwrap();
+        for want in [
+            "# TYPE vtap_probe_frame_size_bytes histogram",
+            "vtap_probe_frame_size_bytes_bucket{probe=\"sizes\",le=\"64\"} 1",
+            "vtap_probe_frame_size_bytes_bucket{probe=\"sizes\",le=\"128\"} 4",
+            "vtap_probe_frame_size_bytes_bucket{probe=\"sizes\",le=\"+Inf\"} 6",
+            "vtap_probe_frame_size_bytes_sum{probe=\"sizes\"} 700",
+            "vtap_probe_frame_size_bytes_count{probe=\"sizes\"} 6",
+        ] {
+            assert!(text.contains(want), "{want:?} missing in\n{text}");
+        }
+        let om = encode_openmetrics(&fams).unwrap();
+        for want in [
+            "# TYPE vtap_probe_frame_size_bytes histogram",
+            "vtap_probe_frame_size_bytes_bucket{le=\"128.0\",probe=\"sizes\"} 4",
+            "vtap_probe_frame_size_bytes_bucket{le=\"+Inf\",probe=\"sizes\"} 6",
+            "vtap_probe_frame_size_bytes_count{probe=\"sizes\"} 6",
+        ] {
+            assert!(om.contains(want), "{want:?} missing in\n{om}");
+        }
     }
 
     #[test]

@@ -156,8 +156,22 @@ pub struct Sample {
     pub kind: MetricKind,
     /// Labels (static, then key fields; `cpu` for per-CPU `none`).
     pub labels: Vec<(String, String)>,
-    /// Value.
+    /// Value (counters, gauges).
     pub value: f64,
+    /// Histograms: the buckets (upper bound, count — not cumulative; the
+    /// last bound is `f64::MAX` for +Inf), the sum and the count.
+    pub hist: Option<HistSample>,
+}
+
+/// One histogram sample.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistSample {
+    /// (upper bound, count in this bucket), ascending; `f64::MAX` = +Inf.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of the observed values.
+    pub sum: f64,
+    /// Observations.
+    pub count: u64,
 }
 
 /// Every running probe.
@@ -209,6 +223,26 @@ fn resolve_metrics(s: &ProbeSpec, btf: &Btf) -> Result<Vec<Metric>, ProbeManager
                     format!("metrics[{i}].key_labels[{k}].field"),
                     e.to_string(),
                 )),
+            }
+        }
+        if m.kind == MetricKind::Histogram {
+            if layout.key.size() > 8 {
+                errs.push(FieldError::new(
+                    format!("metrics[{i}].map"),
+                    format!(
+                        "{}: a histogram's map is indexed by bucket: its key must be an integer, not {} bytes",
+                        m.map,
+                        layout.key.size()
+                    ),
+                ));
+            }
+            if !m.sum_field.is_empty()
+                && let Err(e) = layout.value.field(&m.sum_field)
+            {
+                errs.push(FieldError::new(
+                    format!("metrics[{i}].sum_field"),
+                    e.to_string(),
+                ));
             }
         }
         if !m.value_field.is_empty()
@@ -726,9 +760,73 @@ impl Probe {
         Ok(())
     }
 
+    /// A histogram metric: one sample from its bucket-indexed map.
+    fn histogram(&self, m: &Metric) -> Result<Sample, ProbeManagerError> {
+        let n = m.spec.buckets.len();
+        let mut counts = vec![0u64; n + 1];
+        let mut sum = 0.0;
+        let mut add = |key: &Value, value: &Value| {
+            let Some(i) = key.as_u64() else {
+                return;
+            };
+            let i = (i as usize).min(n);
+            counts[i] += pick(value, &m.spec.value_field).unwrap_or(0.0) as u64;
+            if !m.spec.sum_field.is_empty() {
+                sum += pick(value, &m.spec.sum_field).unwrap_or(0.0);
+            }
+        };
+        if m.spec.reset_on_read || m.spec.snapshot {
+            if !m.spec.snapshot {
+                self.drain(m)?;
+            }
+            let acc = m.acc.lock().unwrap();
+            for (key, value) in acc.total.values() {
+                add(key, value);
+            }
+        } else {
+            let entries = self.read_map(m)?;
+            for e in m
+                .layout
+                .decode(&entries, m.spec.aggregate.aggregation())
+                .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?
+            {
+                add(&e["key"], &e["value"]);
+            }
+        }
+        let buckets: Vec<(f64, u64)> = m
+            .spec
+            .buckets
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::MAX))
+            .zip(counts.iter().copied())
+            .collect();
+        Ok(Sample {
+            metric: m.spec.name.clone(),
+            help: m.spec.help.clone(),
+            kind: MetricKind::Histogram,
+            labels: m
+                .spec
+                .labels
+                .iter()
+                .map(|(a, b)| (a.clone(), b.clone()))
+                .collect(),
+            value: 0.0,
+            hist: Some(HistSample {
+                count: counts.iter().sum(),
+                buckets,
+                sum,
+            }),
+        })
+    }
+
     fn samples(&self) -> Result<Vec<Sample>, ProbeManagerError> {
         let mut out = Vec::new();
         for m in &self.metrics {
+            if m.spec.kind == MetricKind::Histogram {
+                out.push(self.histogram(m)?);
+                continue;
+            }
             if m.spec.reset_on_read || m.spec.snapshot {
                 if !m.spec.snapshot {
                     self.drain(m)?;
@@ -767,6 +865,7 @@ impl Probe {
                             kind: m.spec.kind,
                             labels,
                             value: x,
+                            hist: None,
                         });
                     }
                 }
@@ -821,6 +920,7 @@ impl Probe {
                         kind: m.spec.kind,
                         labels,
                         value: x,
+                        hist: None,
                     });
                 }
             }

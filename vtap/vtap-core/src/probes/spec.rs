@@ -105,6 +105,15 @@ pub struct MetricSpec {
     /// the whole value (an integer).
     #[serde(default)]
     pub value_field: String,
+    /// Histograms: the upper bounds of the buckets, ascending (a last
+    /// `+Inf` bucket is implied). The map's key is the bucket index
+    /// (0..=len), `value_field` the count of a bucket (not cumulative).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<f64>,
+    /// Histograms: the value field summed into `_sum` (e.g. bytes), empty
+    /// for none (`_sum` 0).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sum_field: String,
     /// Per-CPU maps: how the CPUs' values combine (`none`: one sample per
     /// CPU with a `cpu` label).
     #[serde(default = "default_aggregate")]
@@ -165,7 +174,7 @@ pub enum MetricKind {
     Counter,
     /// Goes up and down.
     Gauge,
-    /// Buckets (not in this build).
+    /// Buckets of a map indexed by bucket (see `buckets`).
     Histogram,
     /// Unknown.
     #[default]
@@ -298,10 +307,35 @@ pub fn validate(s: &ProbeSpec, cli: bool) -> Vec<FieldError> {
             err(f("map"), "the map to export".into());
         }
         if m.kind == MetricKind::Histogram {
+            if m.buckets.is_empty() {
+                err(
+                    f("buckets"),
+                    "a histogram needs its bucket upper bounds (ascending; +Inf is implied)".into(),
+                );
+            } else if m.buckets.windows(2).any(|w| w[0] >= w[1])
+                || m.buckets.iter().any(|b| !b.is_finite())
+            {
+                err(
+                    f("buckets"),
+                    "bucket bounds must be finite and strictly ascending".into(),
+                );
+            }
+            if !m.key_labels.is_empty() {
+                err(
+                    f("key_labels"),
+                    "a histogram's key is its bucket index: no key labels".into(),
+                );
+            }
+            if m.aggregate == AggregateSpec::None {
+                err(
+                    f("aggregate"),
+                    "a histogram combines the CPUs: sum (the default)".into(),
+                );
+            }
+        } else if !m.buckets.is_empty() || !m.sum_field.is_empty() {
             err(
-                f("type"),
-                "histogram is not supported by this build yet; use counter, gauge or untyped"
-                    .into(),
+                f("buckets"),
+                "buckets and sum_field belong to histograms (type: histogram)".into(),
             );
         }
         if m.snapshot != s.metrics[0].snapshot {
@@ -368,6 +402,7 @@ mod tests {
         s.object = Some("AAAA".into());
         s.metrics.push(s.metrics[0].clone());
         s.metrics[1].kind = MetricKind::Histogram;
+        s.metrics[1].buckets = vec![2.0, 1.0];
         s.metrics[1].reset_on_read = true;
         s.metrics[1].kind = MetricKind::Gauge;
         s.metrics[1].snapshot = true;
@@ -383,10 +418,33 @@ mod tests {
                 "source",
                 "metrics[1].reset_on_read",
                 "metrics[1].name",
+                "metrics[1].buckets",
                 "metrics[1].snapshot",
                 "metrics[1].reset_on_read",
                 "metrics[1].labels.probe",
             ]
+        );
+    }
+
+    #[test]
+    fn histograms_need_ascending_buckets_and_no_key_labels() {
+        let mut s = spec("");
+        s.metrics[0].kind = MetricKind::Histogram;
+        assert_eq!(fields(&validate(&s, false)), ["metrics[0].buckets"]);
+        s.metrics[0].buckets = vec![64.0, 128.0, 128.0];
+        assert_eq!(fields(&validate(&s, false)), ["metrics[0].buckets"]);
+        s.metrics[0].buckets = vec![64.0, 128.0];
+        s.metrics[0].sum_field = "bytes".into();
+        assert!(validate(&s, false).is_empty());
+        s.metrics[0].aggregate = AggregateSpec::None;
+        s.metrics[0].key_labels.push(KeyLabel {
+            field: String::new(),
+            label: "b".into(),
+            format: LabelFormat::Decimal,
+        });
+        assert_eq!(
+            fields(&validate(&s, false)),
+            ["metrics[0].key_labels", "metrics[0].aggregate"]
         );
     }
 
