@@ -200,6 +200,20 @@ impl RcuBarrier {
         Ok(RcuBarrier { outer, inner })
     }
 
+    /// A barrier with its own tiny inner map (for users without a map of
+    /// their own at hand, e.g. the probe manager).
+    pub fn standalone() -> io::Result<Self> {
+        let mut a = Attr::new();
+        a.put_u32(0, 2); // BPF_MAP_TYPE_ARRAY
+        a.put_u32(4, 4);
+        a.put_u32(8, 4);
+        a.put_u32(12, 1);
+        let fd = bpf(BPF_MAP_CREATE, &mut a)?;
+        // SAFETY: the kernel returned a new file descriptor that we now own.
+        let inner = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Self::new(std::os::fd::AsFd::as_fd(&inner))
+    }
+
     /// Returns after an RCU grace period (all running programs finished).
     pub fn wait(&self) -> io::Result<()> {
         use std::os::fd::AsFd;

@@ -431,9 +431,9 @@ impl ProbeManager {
         if let Some(mut old) = replaced {
             old.detach_all();
             // Packets the old version was handling when its links moved
-            // finish within a grace period; then its maps hold its final
-            // counts.
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            // finish within an RCU grace period; then its maps hold its
+            // final counts.
+            grace_period();
             self.last_replaced = Some((name.clone(), old.final_json()));
             tracing::info!(probe = %name, swapped, "probe replaced");
             Ok(true)
@@ -697,8 +697,9 @@ impl Probe {
         let stopped = std::mem::replace(&mut self.ebpf, spare);
         self.spare = Some(stopped);
         self.links = moved;
-        // Packets the stopped copy was handling finish within a grace period.
-        std::thread::sleep(std::time::Duration::from_millis(1));
+        // Packets the stopped copy was handling finish within an RCU grace
+        // period.
+        grace_period();
         self.drain_copy(true)
     }
 
@@ -965,6 +966,18 @@ impl Probe {
                 .unwrap_or_default()
                 .as_millis() as u64,
         }
+    }
+}
+
+/// Returns after an RCU grace period: every BPF program run that had
+/// started has finished (see `datapath::sys::RcuBarrier`).
+fn grace_period() {
+    static BARRIER: std::sync::OnceLock<Option<crate::datapath::sys::RcuBarrier>> =
+        std::sync::OnceLock::new();
+    let b = BARRIER.get_or_init(|| crate::datapath::sys::RcuBarrier::standalone().ok());
+    if b.as_ref().and_then(|b| b.wait().ok()).is_none() {
+        // No barrier map (should not happen as root): a generous pause.
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
