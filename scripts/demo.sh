@@ -4,8 +4,8 @@
 #   (3 namespace VMs on a bridge + a monitor), runs `vtap daemon` with
 #   mirror-policies/ in the testbed's host namespace, captures on the monitor
 #   while the VMs talk (ping, TCP, DNS-like UDP, IPv6), then shows what the
-#   monitor received per VLAN, what the pcap capture `web` wrote, and vtap's
-#   metrics. Everything is removed on
+#   monitor received per VLAN, what the pcap capture `web` wrote, what a
+#   counting probe injected at run time counted, and vtap's metrics. Everything is removed on
 #   exit, also on Ctrl-C or failure.
 #
 # Options (environment): POLICIES=dir (default mirror-policies), KEEP=1 to keep
@@ -100,6 +100,10 @@ echo "policies (vtap policy check -f $POLICIES):"
 "$VTAP" policy check -f "$POLICIES" | sed 's/^/  /'
 
 
+bold "injecting a counting probe (vtap probe inject -f ebpf/probes/traffic_by_dst.yaml)"
+vt() { ip netns exec "$HOST" "$VTAP" --api "http://127.0.0.1:$PORT" "$@"; }
+vt probe inject -f "$ROOT/ebpf/probes/traffic_by_dst.yaml"
+
 bold "capturing on the monitor ($MON eth0)"
 ip netns exec "$MON" tcpdump -i eth0 -w "$WORK/mon0.pcap" -U -n -s 65600 -B 65536 -Z root --immediate-mode \
     2>"$WORK/tcpdump.err" &
@@ -145,6 +149,10 @@ else
     exit 1
 fi
 echo "live: ip netns exec $HOST $VTAP --api http://127.0.0.1:$PORT capture stream web | tcpdump -n -r -"
+
+bold "what the probe counted (vtap probe list; vtap probe metrics traffic-by-dst --openmetrics)"
+vt probe list
+vt probe metrics traffic-by-dst --openmetrics | grep -E '^vtap_probe_dst_packets_total' || true
 
 bold "vtap metrics (non-zero samples of GET /metrics)"
 api /metrics >"$WORK/metrics.txt"
