@@ -93,10 +93,17 @@ static __always_inline const struct vtap_parse *vtap_probe_shared(struct __sk_bu
  * len must be a compile-time constant (the function is always inlined) and
  * to must point to the program's stack or a map value of at least len bytes.
  */
-static __always_inline int vtap_probe_load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
+static __always_inline int vtap_probe_load_ctx(void *ctx, const int xdp, __u32 off, void *to,
+					       __u32 len)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
+	void *data, *data_end;
+	if (xdp) {
+		data = (void *)(long)((struct xdp_md *)ctx)->data;
+		data_end = (void *)(long)((struct xdp_md *)ctx)->data_end;
+	} else {
+		data = (void *)(long)((struct __sk_buff *)ctx)->data;
+		data_end = (void *)(long)((struct __sk_buff *)ctx)->data_end;
+	}
 
 	if (off > VTAP_PROBE_MAX_OFF)
 		return -1;
@@ -104,7 +111,21 @@ static __always_inline int vtap_probe_load(struct __sk_buff *skb, __u32 off, voi
 		__builtin_memcpy(to, data + off, len);
 		return 0;
 	}
-	return bpf_skb_load_bytes(skb, off, to, len);
+	if (xdp)
+		return bpf_xdp_load_bytes(ctx, off, to, len);
+	return bpf_skb_load_bytes(ctx, off, to, len);
+}
+
+/* TC probes (struct __sk_buff). */
+static __always_inline int vtap_probe_load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
+{
+	return vtap_probe_load_ctx(skb, 0, off, to, len);
+}
+
+/* XDP probes (struct xdp_md). */
+static __always_inline int vtap_probe_load_xdp(struct xdp_md *ctx, __u32 off, void *to, __u32 len)
+{
+	return vtap_probe_load_ctx(ctx, 1, off, to, len);
 }
 
 /*
@@ -133,11 +154,12 @@ struct vtap_probe_vlan {
 };
 
 /* TCP or UDP ports (host order) and, for TCP, the flags byte. */
-static __always_inline void vtap_probe_parse_l4(struct __sk_buff *skb, struct vtap_probe_pkt *p, __u32 off)
+static __always_inline void vtap_probe_parse_l4(void *ctx, const int xdp, struct vtap_probe_pkt *p,
+						__u32 off)
 {
 	if (p->proto == IPPROTO_TCP) {
 		struct tcphdr th;
-		if (vtap_probe_load(skb, off, &th, sizeof(th)) != 0)
+		if (vtap_probe_load_ctx(ctx, xdp, off, &th, sizeof(th)) != 0)
 			return;
 		p->sport = bpf_ntohs(th.source);
 		p->dport = bpf_ntohs(th.dest);
@@ -145,7 +167,7 @@ static __always_inline void vtap_probe_parse_l4(struct __sk_buff *skb, struct vt
 		p->tcp_flags = ((__u8 *)&th)[13];
 	} else if (p->proto == IPPROTO_UDP) {
 		struct udphdr uh;
-		if (vtap_probe_load(skb, off, &uh, sizeof(uh)) != 0)
+		if (vtap_probe_load_ctx(ctx, xdp, off, &uh, sizeof(uh)) != 0)
 			return;
 		p->sport = bpf_ntohs(uh.source);
 		p->dport = bpf_ntohs(uh.dest);
@@ -163,19 +185,19 @@ static __always_inline void vtap_probe_parse_l4(struct __sk_buff *skb, struct vt
  * parsed, -1 otherwise (not IPv4/IPv6, or truncated: what was read before
  * is set, len always).
  */
-static __always_inline int vtap_probe_parse(struct __sk_buff *skb, struct vtap_probe_pkt *p)
+static __always_inline int vtap_probe_parse_ctx(void *ctx, const int xdp, struct vtap_probe_pkt *p)
 {
 	struct ethhdr eth;
 	__u32 off = sizeof(struct ethhdr);
 
 	__builtin_memset(p, 0, sizeof(*p));
-	p->len = skb->len;
-	if (vtap_probe_load(skb, 0, &eth, sizeof(eth)) != 0)
+	p->len = xdp ? bpf_xdp_get_buff_len(ctx) : ((struct __sk_buff *)ctx)->len;
+	if (vtap_probe_load_ctx(ctx, xdp, 0, &eth, sizeof(eth)) != 0)
 		return -1;
 	p->ether_type = bpf_ntohs(eth.h_proto);
 	if (p->ether_type == ETH_P_8021Q || p->ether_type == ETH_P_8021AD) {
 		struct vtap_probe_vlan vh;
-		if (vtap_probe_load(skb, off, &vh, sizeof(vh)) != 0)
+		if (vtap_probe_load_ctx(ctx, xdp, off, &vh, sizeof(vh)) != 0)
 			return -1;
 		p->ether_type = bpf_ntohs(vh.proto);
 		off += sizeof(vh);
@@ -183,7 +205,7 @@ static __always_inline int vtap_probe_parse(struct __sk_buff *skb, struct vtap_p
 
 	if (p->ether_type == ETH_P_IP) {
 		struct iphdr ip;
-		if (vtap_probe_load(skb, off, &ip, sizeof(ip)) != 0)
+		if (vtap_probe_load_ctx(ctx, xdp, off, &ip, sizeof(ip)) != 0)
 			return -1;
 		if (ip.version != 4 || ip.ihl < 5)
 			return -1;
@@ -192,12 +214,12 @@ static __always_inline int vtap_probe_parse(struct __sk_buff *skb, struct vtap_p
 		p->daddr4 = ip.daddr;
 		/* a non-first fragment carries no L4 header */
 		if ((bpf_ntohs(ip.frag_off) & 0x1fff) == 0)
-			vtap_probe_parse_l4(skb, p, off + ip.ihl * 4);
+			vtap_probe_parse_l4(ctx, xdp, p, off + ip.ihl * 4);
 		return 0;
 	}
 	if (p->ether_type == ETH_P_IPV6) {
 		struct ipv6hdr ip6;
-		if (vtap_probe_load(skb, off, &ip6, sizeof(ip6)) != 0)
+		if (vtap_probe_load_ctx(ctx, xdp, off, &ip6, sizeof(ip6)) != 0)
 			return -1;
 		if (ip6.version != 6)
 			return -1;
@@ -205,10 +227,25 @@ static __always_inline int vtap_probe_parse(struct __sk_buff *skb, struct vtap_p
 		p->proto = ip6.nexthdr;
 		__builtin_memcpy(p->saddr6, &ip6.saddr, 16);
 		__builtin_memcpy(p->daddr6, &ip6.daddr, 16);
-		vtap_probe_parse_l4(skb, p, off + sizeof(ip6));
+		vtap_probe_parse_l4(ctx, xdp, p, off + sizeof(ip6));
 		return 0;
 	}
 	return -1;
 }
+
+/* TC probes. */
+static __always_inline int vtap_probe_parse(struct __sk_buff *skb, struct vtap_probe_pkt *p)
+{
+	return vtap_probe_parse_ctx(skb, 0, p);
+}
+
+/* XDP probes (len = the frame's bytes, all fragments). */
+static __always_inline int vtap_probe_parse_xdp(struct xdp_md *ctx, struct vtap_probe_pkt *p)
+{
+	return vtap_probe_parse_ctx(ctx, 1, p);
+}
+
+/* What an XDP probe returns: the frame goes on to the stack untouched. */
+#define VTAP_PROBE_XDP_PASS XDP_PASS
 
 #endif /* VTAP_PROBE_H */

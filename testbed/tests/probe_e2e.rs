@@ -510,3 +510,79 @@ fn a_bucket_map_is_exported_as_a_histogram() {
     assert!(o.success(), "promtool: {}{}", o.stdout, o.stderr);
     d.stop().expect("daemon exits 0");
 }
+
+/// An XDP probe: counts on an interface's ingress before the kernel builds
+/// an skb, never changes the frame; replacing it is an XDP link update; an
+/// interface vtap already taps in XDP mode is reported busy, not taken.
+#[test]
+fn xdp_probes_count_and_never_take_a_busy_interface() {
+    let Some(tb) = testbed("xdp_probes_count_and_never_take_a_busy_interface") else {
+        return;
+    };
+    let cap = "version: 1\nname: c\ntaps: [vm1-tap]\ndirection: ingress\nsnaplen: 64\noutputs: [{pcap: x}]\n";
+    let d = tb
+        .start_daemon_with(&[("c.yaml", cap)], &["--xdp-tap", "vm1-tap"])
+        .expect("daemon");
+    let src = r#"#include "vtap_probe.h"
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 64);
+	__type(key, __be32);
+	__type(value, __u64);
+} icmp_by_src SEC(".maps");
+SEC("xdp")
+int icmp_in(struct xdp_md *ctx)
+{
+	struct vtap_probe_pkt p;
+	if (vtap_probe_parse_xdp(ctx, &p) != 0 || p.ether_type != ETH_P_IP || p.proto != IPPROTO_ICMP)
+		return VTAP_PROBE_XDP_PASS;
+	__u64 one = 1, *v = bpf_map_lookup_elem(&icmp_by_src, &p.saddr4);
+	if (v)
+		*v += 1;
+	else
+		bpf_map_update_elem(&icmp_by_src, &p.saddr4, &one, BPF_NOEXIST);
+	return VTAP_PROBE_XDP_PASS;
+}
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+"#;
+    let spec = json!({
+        "version": 1, "name": "icmp-in",
+        "attach": {"taps": ["vm1-tap", "vm2-tap"], "hook": "xdp", "direction": "ingress"},
+        "source": src,
+        "metrics": [{"name": "icmp_in", "map": "icmp_by_src", "type": "counter",
+                     "key_labels": [{"field": "", "label": "src", "format": "ipv4"}]}]
+    });
+    let (code, st) = put(&d, "icmp-in", &spec);
+    assert_eq!(code, 201, "{st:#}");
+    assert_eq!(st["hook"], "xdp");
+    assert_eq!(st["attached"], json!(["vm2-tap:ingress"]), "{st:#}");
+    assert!(
+        st["errors"]["vm1-tap"].as_str().is_some(),
+        "vm1-tap runs vtap's XDP program: {st:#}"
+    );
+    assert_eq!(tb.ping(1, 2, 6, false).unwrap().received, 6);
+    // vm2-tap's ingress carries what VM2 sends: the echo replies.
+    let vm2 = tb.addr(2, false).to_string();
+    let m = d.metrics().unwrap();
+    let v = |m: &vtap_testbed::Metrics| {
+        m.sum(
+            "vtap_probe_icmp_in_total",
+            &[("probe", "icmp-in"), ("src", vm2.as_str())],
+        )
+    };
+    assert_eq!(v(&m), 6.0, "{}", m.dump("vtap_probe"));
+    // vtap's own XDP capture on vm1-tap still works.
+    let r = d.get("/api/v1/captures/x").unwrap();
+    let c: Value = serde_json::from_str(&r.body).unwrap();
+    assert!(c["packets"].as_u64().unwrap_or(0) >= 6, "{c:#}");
+    // Replace (an XDP link update), then count on.
+    let (code, st) = put(&d, "icmp-in", &spec);
+    assert_eq!(code, 200, "{st:#}");
+    assert_eq!(st["attached"], json!(["vm2-tap:ingress"]), "{st:#}");
+    assert_eq!(tb.ping(1, 2, 4, false).unwrap().received, 4);
+    assert_eq!(v(&d.metrics().unwrap()), 4.0);
+    let r = d.request("DELETE", "/api/v1/probes/icmp-in", None).unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(tb.ping(1, 2, 2, false).unwrap().received, 2, "traffic after removal");
+    d.stop().expect("daemon exits 0");
+}

@@ -14,8 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsFd;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use aya::programs::tc::SchedClassifierLinkId;
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::tc::{SchedClassifierLink, SchedClassifierLinkId};
+use aya::programs::xdp::{XdpLink, XdpLinkId, XdpMode};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -25,7 +26,7 @@ use super::MapLayout;
 use super::batch::{self, Method};
 use super::btf::{Btf, Field};
 use super::compile::{self, CompileError};
-use super::spec::{self, MetricKind, MetricSpec, ProbeSpec};
+use super::spec::{self, Hook, MetricKind, MetricSpec, ProbeSpec};
 use crate::netlink::Links;
 use crate::policy::model::Direction;
 use crate::policy::validate::FieldError;
@@ -106,12 +107,50 @@ struct Probe {
     spare: Option<Ebpf>,
     program: String,
     metrics: Vec<Metric>,
-    links: BTreeMap<(String, Dir), SchedClassifierLinkId>,
+    links: BTreeMap<(String, Dir), PLink>,
     errors: BTreeMap<String, String>,
     loaded_at: SystemTime,
     load_ms: f64,
     insns: u64,
     object_bytes: usize,
+}
+
+/// A probe's attachment: a TCX link or an XDP link.
+enum PLink {
+    Tc(SchedClassifierLinkId),
+    Xdp(XdpLinkId),
+}
+
+/// An attachment taken out of its program, to give to another one.
+enum OwnedLink {
+    Tc(SchedClassifierLink),
+    Xdp(XdpLink),
+}
+
+fn tc_prog<'a>(e: &'a mut Ebpf, name: &str) -> Option<&'a mut SchedClassifier> {
+    e.program_mut(name).and_then(|p| p.try_into().ok())
+}
+
+fn xdp_prog<'a>(e: &'a mut Ebpf, name: &str) -> Option<&'a mut Xdp> {
+    e.program_mut(name).and_then(|p| p.try_into().ok())
+}
+
+fn gone() -> ProgramError {
+    ProgramError::NotLoaded
+}
+
+/// Hands a link to the program `name` of `e` (one BPF_LINK_UPDATE).
+fn adopt(e: &mut Ebpf, name: &str, link: OwnedLink) -> Result<PLink, ProgramError> {
+    match link {
+        OwnedLink::Tc(l) => tc_prog(e, name)
+            .ok_or_else(gone)?
+            .attach_to_link(l)
+            .map(PLink::Tc),
+        OwnedLink::Xdp(l) => xdp_prog(e, name)
+            .ok_or_else(gone)?
+            .attach_to_link(l)
+            .map(PLink::Xdp),
+    }
 }
 
 /// What the API shows of a probe.
@@ -326,37 +365,36 @@ impl ProbeManager {
         let mut ebpf = loader
             .load(&obj)
             .map_err(|e| invalid("object", format!("loading the object: {e}")))?;
+        let hook = spec.attach.hook;
         let tc: Vec<String> = ebpf
             .programs()
-            .filter(|(_, p)| matches!(p, aya::programs::Program::SchedClassifier(_)))
+            .filter(|(_, p)| match hook {
+                Hook::Tc => matches!(p, aya::programs::Program::SchedClassifier(_)),
+                Hook::Xdp => matches!(p, aya::programs::Program::Xdp(_)),
+            })
             .map(|(n, _)| n.to_string())
             .collect();
+        let kind = match hook {
+            Hook::Tc => "TC program (SEC(\"classifier\"))",
+            Hook::Xdp => "XDP program (SEC(\"xdp\"))",
+        };
         let program = match tc.as_slice() {
             [one] => one.clone(),
             [] => {
                 return Err(invalid(
                     "source",
-                    "the object has no TC program (SEC(\"tc\") or SEC(\"classifier\"))",
+                    format!("the object has no {kind} for hook {hook:?}"),
                 ));
             }
             many => {
                 return Err(invalid(
                     "source",
-                    format!("the object has {} TC programs ({}); a probe has one", many.len(), many.join(", ")),
+                    format!("the object has {} of them ({}); a probe has one {kind}", many.len(), many.join(", ")),
                 ));
             }
         };
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(&program)
-            .expect("listed")
-            .try_into()
-            .expect("a SchedClassifier");
-        if let Err(e) = prog.load() {
-            return Err(ProbeManagerError::Verifier(verifier_text(&e)));
-        }
-        let insns = prog
-            .info()
-            .ok()
+        load_program(&mut ebpf, &program, hook)?;
+        let insns = program_info(&ebpf, &program)
             .and_then(|i| i.size_translated().map(|s| s as u64 / 8))
             .unwrap_or(0);
         let spare = if spec.metrics.first().is_some_and(|m| m.snapshot) {
@@ -369,13 +407,7 @@ impl ProbeManager {
             let mut e = loader
                 .load(&obj)
                 .map_err(|e| invalid("object", format!("loading the object: {e}")))?;
-            let p: &mut SchedClassifier = e
-                .program_mut(&program)
-                .expect("listed")
-                .try_into()
-                .expect("a SchedClassifier");
-            p.load()
-                .map_err(|e| ProbeManagerError::Verifier(verifier_text(&e)))?;
+            load_program(&mut e, &program, hook)?;
             Some(e)
         } else {
             None
@@ -405,14 +437,15 @@ impl ProbeManager {
                 let Some(id) = old.links.remove(&key) else {
                     continue;
                 };
-                let link = match old.prog().take_link(id) {
+                let link = match old.take_one(id) {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::warn!(probe = %name, error = %e, "taking the old link");
                         continue;
                     }
                 };
-                match probe.prog().attach_to_link(link) {
+                let prog_name = probe.program.clone();
+                match adopt(&mut probe.ebpf, &prog_name, link) {
                     Ok(nid) => {
                         probe.links.insert(key, nid);
                         swapped += 1;
@@ -558,12 +591,49 @@ impl ProbeManager {
 }
 
 impl Probe {
-    fn prog(&mut self) -> &mut SchedClassifier {
-        self.ebpf
-            .program_mut(&self.program)
-            .expect("loaded")
-            .try_into()
-            .expect("a SchedClassifier")
+    /// Attaches the program to one interface and direction.
+    fn attach_one(&mut self, iface: &str, dir: Dir) -> Result<PLink, ProgramError> {
+        match self.spec.attach.hook {
+            Hook::Tc => {
+                let at = match dir {
+                    Dir::Ingress => TcAttachType::Ingress,
+                    Dir::Egress => TcAttachType::Egress,
+                };
+                tc_prog(&mut self.ebpf, &self.program)
+                    .ok_or_else(gone)?
+                    .attach(iface, at)
+                    .map(PLink::Tc)
+            }
+            // Native when the driver has it (veth, tap), else generic. One
+            // XDP program per interface: a busy interface is an error.
+            Hook::Xdp => xdp_prog(&mut self.ebpf, &self.program)
+                .ok_or_else(gone)?
+                .attach(iface, XdpMode::Default)
+                .map(PLink::Xdp),
+        }
+    }
+
+    fn detach_one(&mut self, l: PLink) {
+        let r = match l {
+            PLink::Tc(id) => tc_prog(&mut self.ebpf, &self.program).map(|p| p.detach(id)),
+            PLink::Xdp(id) => xdp_prog(&mut self.ebpf, &self.program).map(|p| p.detach(id)),
+        };
+        if let Some(Err(e)) = r {
+            tracing::debug!(probe = %self.spec.name, error = %e, "detach");
+        }
+    }
+
+    fn take_one(&mut self, l: PLink) -> Result<OwnedLink, ProgramError> {
+        match l {
+            PLink::Tc(id) => tc_prog(&mut self.ebpf, &self.program)
+                .ok_or_else(gone)?
+                .take_link(id)
+                .map(OwnedLink::Tc),
+            PLink::Xdp(id) => xdp_prog(&mut self.ebpf, &self.program)
+                .ok_or_else(gone)?
+                .take_link(id)
+                .map(OwnedLink::Xdp),
+        }
     }
 
     /// Attached where the spec selects, detached where not any more.
@@ -588,18 +658,14 @@ impl Probe {
             .collect();
         for k in gone {
             if let Some(l) = self.links.remove(&k) {
-                let _ = self.prog().detach(l);
+                self.detach_one(l);
             }
         }
         for (iface, dir) in want {
             if self.links.contains_key(&(iface.clone(), dir)) {
                 continue;
             }
-            let at = match dir {
-                Dir::Ingress => TcAttachType::Ingress,
-                Dir::Egress => TcAttachType::Egress,
-            };
-            match self.prog().attach(&iface, at) {
+            match self.attach_one(&iface, dir) {
                 Ok(l) => {
                     self.links.insert((iface.clone(), dir), l);
                     self.errors.remove(&iface);
@@ -652,7 +718,7 @@ impl Probe {
     fn detach_all(&mut self) {
         let links = std::mem::take(&mut self.links);
         for (_, l) in links {
-            let _ = self.prog().detach(l);
+            self.detach_one(l);
         }
     }
 
@@ -681,16 +747,9 @@ impl Probe {
         for key in keys {
             let id = self.links.remove(&key).expect("listed");
             let link = self
-                .prog()
-                .take_link(id)
+                .take_one(id)
                 .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?;
-            let sp: &mut SchedClassifier = spare
-                .program_mut(&program)
-                .expect("loaded")
-                .try_into()
-                .expect("a SchedClassifier");
-            let nid = sp
-                .attach_to_link(link)
+            let nid = adopt(&mut spare, &program, link)
                 .map_err(|e| ProbeManagerError::Kernel(format!("snapshot switch: {e}")))?;
             moved.insert(key, nid);
         }
@@ -930,13 +989,13 @@ impl Probe {
     }
 
     fn status(&self) -> ProbeStatus {
-        let prog: Option<&SchedClassifier> = self
-            .ebpf
-            .program(&self.program)
-            .and_then(|p| p.try_into().ok());
         ProbeStatus {
             name: self.spec.name.clone(),
-            hook: "tc".into(),
+            hook: match self.spec.attach.hook {
+                Hook::Tc => "tc",
+                Hook::Xdp => "xdp",
+            }
+            .into(),
             taps: self.spec.attach.taps.clone(),
             direction: match self.spec.attach.direction {
                 Direction::Ingress => "ingress",
@@ -951,7 +1010,7 @@ impl Probe {
                 .collect(),
             errors: self.errors.clone(),
             program: self.program.clone(),
-            program_id: prog.and_then(|p| p.info().ok()).map(|i| i.id()),
+            program_id: program_info(&self.ebpf, &self.program).map(|i| i.id()),
             instructions: self.insns,
             object_bytes: self.object_bytes,
             metrics: self
@@ -966,6 +1025,24 @@ impl Probe {
                 .unwrap_or_default()
                 .as_millis() as u64,
         }
+    }
+}
+
+/// Loads (verifies) the probe's program of the hook's type.
+fn load_program(e: &mut Ebpf, name: &str, hook: Hook) -> Result<(), ProbeManagerError> {
+    let r = match hook {
+        Hook::Tc => tc_prog(e, name).ok_or_else(gone).and_then(|p| p.load()),
+        Hook::Xdp => xdp_prog(e, name).ok_or_else(gone).and_then(|p| p.load()),
+    };
+    r.map_err(|e| ProbeManagerError::Verifier(verifier_text(&e)))
+}
+
+/// The kernel's information on a loaded program.
+fn program_info(e: &Ebpf, name: &str) -> Option<aya::programs::ProgramInfo> {
+    match e.program(name)? {
+        aya::programs::Program::SchedClassifier(p) => p.info().ok(),
+        aya::programs::Program::Xdp(p) => p.info().ok(),
+        _ => None,
     }
 }
 

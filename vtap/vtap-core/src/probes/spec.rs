@@ -61,8 +61,9 @@ pub struct ProbeSpec {
 pub struct Attach {
     /// Interface names or globs.
     pub taps: Vec<String>,
-    /// `tc` (TCX, after vtap's own program). `xdp` is part of the format but
-    /// not in this build.
+    /// `tc` (TCX, after vtap's own program, any direction) or `xdp` (ingress
+    /// only, before the kernel builds an skb; one XDP program per
+    /// interface, so not on interfaces vtap taps in XDP mode).
     #[serde(default)]
     pub hook: Hook,
     /// `ingress` (from the VM), `egress` (to the VM) or `both`.
@@ -242,10 +243,10 @@ pub fn validate(s: &ProbeSpec, cli: bool) -> Vec<FieldError> {
             err(format!("attach.taps[{i}]"), format!("{t:?} is not a valid glob"));
         }
     }
-    if s.attach.hook == Hook::Xdp {
+    if s.attach.hook == Hook::Xdp && s.attach.direction != crate::policy::model::Direction::Ingress {
         err(
-            "attach.hook".into(),
-            "xdp probes are not supported by this build yet; use tc".into(),
+            "attach.direction".into(),
+            "an xdp probe sees only packets arriving on the interface: direction ingress".into(),
         );
     }
     let code = [
@@ -414,7 +415,7 @@ mod tests {
                 "name",
                 "attach.taps[0]",
                 "attach.taps[1]",
-                "attach.hook",
+                "attach.direction",
                 "source",
                 "metrics[1].reset_on_read",
                 "metrics[1].name",
