@@ -57,6 +57,8 @@ pub struct CaptureFiles {
     listed_at: Option<SystemTime>,
     /// Encoding buffer, reused for every packet.
     scratch: Vec<u8>,
+    /// What follows a packet's bytes in its block.
+    trailer: Vec<u8>,
 }
 
 /// The file being written.
@@ -185,6 +187,7 @@ impl CaptureFiles {
             listing: Vec::new(),
             listed_at: None,
             scratch: Vec::new(),
+            trailer: Vec::new(),
         };
         if files.cfg.files {
             files.relist(now);
@@ -249,36 +252,48 @@ impl CaptureFiles {
             return;
         }
 
+        // The block in three parts — header, the packet's bytes, trailer —
+        // so the bytes are copied once, into the file buffer.
         self.scratch.clear();
+        self.trailer.clear();
         let Some(cur) = self.current.as_mut() else {
             return;
         };
-        cur.encoder.encode(pkt, &mut self.scratch);
+        cur.encoder
+            .encode_parts(pkt, &mut self.scratch, &mut self.trailer);
+        let record = (self.scratch.len() + pkt.data.len() + self.trailer.len()) as u64;
         let too_big = self.rotate_bytes > 0
             && cur.packets > 0
-            && cur.bytes.saturating_add(self.scratch.len() as u64) > self.rotate_bytes;
+            && cur.bytes.saturating_add(record) > self.rotate_bytes;
         if too_big {
             if !self.close_current(now) || !self.open_file(now) {
                 self.stats.not_written_error += 1;
                 return;
             }
             self.scratch.clear();
+            self.trailer.clear();
             let Some(cur) = self.current.as_mut() else {
                 return;
             };
-            cur.encoder.encode(pkt, &mut self.scratch);
+            cur.encoder
+                .encode_parts(pkt, &mut self.scratch, &mut self.trailer);
         }
 
         let Some(cur) = self.current.as_mut() else {
             return;
         };
-        if let Err(e) = cur.writer.write_all(&self.scratch) {
+        let r = cur
+            .writer
+            .write_all(&self.scratch)
+            .and_then(|()| cur.writer.write_all(&pkt.data))
+            .and_then(|()| cur.writer.write_all(&self.trailer));
+        if let Err(e) = r {
             let msg = format!("{e} writing {}", cur.path.display());
             self.fail(msg, now);
             self.stats.not_written_error += 1;
             return;
         }
-        let len = self.scratch.len() as u64;
+        let len = (self.scratch.len() + pkt.data.len() + self.trailer.len()) as u64;
         let buffered = cur.writer.buffer().len() as u64;
         cur.unflushed = if buffered == 0 {
             0

@@ -84,6 +84,19 @@ impl PcapngEncoder {
     /// `opt_comment` `"policy: a, b"` naming the packet's policies (none when
     /// the list is empty).
     pub fn encode(&mut self, pkt: &Packet, out: &mut Vec<u8>) {
+        let mut trailer = Vec::new();
+        self.encode_parts(pkt, out, &mut trailer);
+        out.extend_from_slice(&pkt.data);
+        out.extend_from_slice(&trailer);
+    }
+
+    /// [`PcapngEncoder::encode`] in three parts, so a writer can send the
+    /// packet's bytes without copying them into the block first: appends to
+    /// `prefix` what comes before the data (an interface description block
+    /// if needed, the enhanced packet block's header) and to `trailer` what
+    /// comes after it (padding, options, the block's total length).
+    pub fn encode_parts(&mut self, pkt: &Packet, prefix: &mut Vec<u8>, trailer: &mut Vec<u8>) {
+        let out = prefix;
         let next_id = u32::try_from(self.interfaces.len()).unwrap_or(u32::MAX);
         let key = (pkt.iface.ifindex, pkt.iface.dir);
         let interface_id = match self.interfaces.get(&key) {
@@ -117,7 +130,7 @@ impl PcapngEncoder {
         let padded = data_len.div_ceil(4) * 4;
         let total = 32 + padded + opts.len();
         let total32 = u32::try_from(total).unwrap_or(u32::MAX);
-        out.reserve(total);
+        out.reserve(28);
         out.extend_from_slice(&6u32.to_le_bytes());
         out.extend_from_slice(&total32.to_le_bytes());
         out.extend_from_slice(&interface_id.to_le_bytes());
@@ -125,10 +138,9 @@ impl PcapngEncoder {
         out.extend_from_slice(&(pkt.ts_ns as u32).to_le_bytes());
         out.extend_from_slice(&caplen.to_le_bytes());
         out.extend_from_slice(&pkt.orig_len.max(caplen).to_le_bytes());
-        out.extend_from_slice(&pkt.data);
-        out.resize(out.len() + (padded - data_len), 0);
-        out.extend_from_slice(opts);
-        out.extend_from_slice(&total32.to_le_bytes());
+        trailer.resize(trailer.len() + (padded - data_len), 0);
+        trailer.extend_from_slice(opts);
+        trailer.extend_from_slice(&total32.to_le_bytes());
     }
 }
 
