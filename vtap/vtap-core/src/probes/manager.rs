@@ -572,6 +572,65 @@ impl ProbeManager {
         Ok(out)
     }
 
+    /// What [`ProbeManager::read_json`] returns, as JSON text written
+    /// straight from the map's bytes (no intermediate values: ~2× faster on
+    /// large maps, see BENCHMARKS.md §6).
+    pub fn read_json_text(
+        &mut self,
+        name: &str,
+        only: Option<&str>,
+    ) -> Result<String, ProbeManagerError> {
+        let p = self
+            .probes
+            .get_mut(name)
+            .ok_or_else(|| ProbeManagerError::NotFound(name.to_string()))?;
+        p.snapshot()?;
+        let p = &*p;
+        let mut out = String::from("[");
+        let mut n = 0;
+        for m in &p.metrics {
+            if only.is_some_and(|o| o != m.spec.name) {
+                continue;
+            }
+            if n > 0 {
+                out.push(',');
+            }
+            n += 1;
+            out.push_str("{\"name\":");
+            out.push_str(&serde_json::to_string(&m.spec.name).unwrap_or_default());
+            out.push_str(",\"value\":");
+            if m.spec.reset_on_read || m.spec.snapshot {
+                if !m.spec.snapshot {
+                    p.drain(m)?;
+                }
+                let mut acc = m.acc.lock().unwrap();
+                let table = if m.spec.reset_on_read {
+                    std::mem::take(&mut acc.window)
+                } else {
+                    acc.total.clone()
+                };
+                let v: Vec<Value> = table
+                    .into_values()
+                    .map(|(k, v)| json!({"key": k, "value": v}))
+                    .collect();
+                out.push_str(&serde_json::to_string(&v).unwrap_or_default());
+            } else {
+                let entries = p.read_map(m)?;
+                m.layout
+                    .write_json(&entries, m.spec.aggregate.aggregation(), &mut out)
+                    .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?;
+            }
+            out.push_str(&format!(",\"timestamp\":{}}}", now_unix_ms()));
+        }
+        out.push(']');
+        if let Some(o) = only
+            && n == 0
+        {
+            return Err(ProbeManagerError::NotFound(format!("{name}/{o}")));
+        }
+        Ok(out)
+    }
+
     /// Every probe's samples for `/metrics`, by probe name.
     pub fn samples(&mut self) -> BTreeMap<String, Vec<Sample>> {
         let mut out = BTreeMap::new();

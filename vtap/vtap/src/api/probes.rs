@@ -214,11 +214,13 @@ async fn metrics_of(
             .map_err(|e| ApiError::internal("encoding metrics", e))?;
         return Ok(([(header::CONTENT_TYPE, crate::metrics::OPENMETRICS)], text).into_response());
     }
-    let v = tokio::task::spawn_blocking(move || p.lock().unwrap().read_json(&name, only.as_deref()))
-        .await
-        .map_err(|e| ApiError::internal("blocking task failed", e))?
-        .map_err(api_error)?;
-    Ok(Json(Value::Array(v)).into_response())
+    let text = tokio::task::spawn_blocking(move || {
+        p.lock().unwrap().read_json_text(&name, only.as_deref())
+    })
+    .await
+    .map_err(|e| ApiError::internal("blocking task failed", e))?
+    .map_err(api_error)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], text).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/probes/{name}/metrics", tag = "probes",
