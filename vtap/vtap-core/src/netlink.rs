@@ -77,3 +77,25 @@ pub fn list_links_blocking() -> Result<Links, NetlinkError> {
         .map_err(NetlinkError::Socket)?
         .block_on(list_links())
 }
+
+/// Calls `on_change` whenever a link appears, changes or goes away in the
+/// current network namespace (rtnetlink `RTMGRP_LINK` notifications), so
+/// the daemon re-resolves interfaces at once instead of at its next
+/// periodic refresh. Returns when the socket fails.
+pub async fn watch_links(on_change: impl Fn()) -> Result<(), NetlinkError> {
+    use futures::StreamExt;
+    use netlink_proto::sys::{AsyncSocket, SocketAddr};
+    const RTMGRP_LINK: u32 = 1;
+    let (mut conn, _handle, mut messages) =
+        rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, RTMGRP_LINK))
+        .map_err(NetlinkError::Socket)?;
+    let task = tokio::spawn(conn);
+    while messages.next().await.is_some() {
+        on_change();
+    }
+    task.abort();
+    Ok(())
+}

@@ -519,10 +519,25 @@ async fn refresh_loop(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Hot-plug: rtnetlink link events wake the loop at once; the periodic
+    // tick stays as a safety net (a missed event, a socket error).
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let c = changed.clone();
+    let watcher = tokio::spawn(async move {
+        if let Err(e) = vtap_core::netlink::watch_links(move || c.notify_one()).await {
+            tracing::warn!(error = %e, "link events unavailable; interfaces are re-checked periodically only");
+        }
+    });
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
+        let event = tokio::select! {
+            _ = tick.tick() => false,
+            _ = changed.notified() => true,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        if event {
+            // A burst of events (a VM's tap created, renamed, set up) is
+            // handled in one pass.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let links = match vtap_core::netlink::list_links().await {
             Ok(l) => l,
@@ -550,4 +565,5 @@ async fn refresh_loop(
         }
         state.update_ready();
     }
+    watcher.abort();
 }
