@@ -31,6 +31,7 @@ PKGS=(
     python3-venv      # scripts/fuzz-api.sh: schemathesis venv
     netsniff-ng       # trafgen (benchmarks)
     python3           # helper scripts
+    systemd           # systemd-analyze verify (deploy/ tests)
     pkg-config
     build-essential
 )

@@ -567,3 +567,43 @@ async fn refresh_loop(
     }
     watcher.abort();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn deploy(path: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(path)
+    }
+
+    #[test]
+    fn the_sample_config_is_valid() {
+        let args = DaemonArgs {
+            config: Some(deploy("vtap.yaml")),
+            ..Default::default()
+        };
+        let c = config(&args).unwrap_or_else(|e| panic!("deploy/vtap.yaml: {e:#}"));
+        assert_eq!(c.listen, "127.0.0.1:7470".parse().unwrap());
+        assert_eq!(c.capture_ring_bytes, 64 << 20);
+        assert!(c.captures.contains_key("web"));
+        assert!(c.log_json);
+    }
+
+    #[test]
+    fn the_daemonset_config_map_is_a_valid_config() {
+        let text = std::fs::read_to_string(deploy("kubernetes/vtap-daemonset.yaml")).unwrap();
+        let mut found = false;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = serde_yaml::Value::deserialize(doc).unwrap();
+            if v["kind"] == "ConfigMap"
+                && let Some(cfg) = v["data"]["vtap.yaml"].as_str()
+            {
+                let f: ConfigFile = serde_yaml::from_str(cfg).unwrap();
+                assert!(f.token_file.is_some(), "off loopback it needs a token");
+                found = true;
+            }
+        }
+        assert!(found, "no vtap.yaml in the manifest's ConfigMap");
+    }
+}
