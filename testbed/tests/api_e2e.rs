@@ -810,12 +810,12 @@ fn promtool_accepts_metrics_in_both_formats() {
     }
     // A library probe too: its maps are exported in /metrics as well.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ebpf/probes");
-    let mut spec: serde_json::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(dir.join("traffic_by_dst.yaml")).unwrap(),
-    )
-    .unwrap();
+    let mut spec: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("traffic_by_dst.yaml")).unwrap())
+            .unwrap();
     spec.as_object_mut().unwrap().remove("source_file");
-    spec["source"] = serde_json::json!(std::fs::read_to_string(dir.join("traffic_by_dst.c")).unwrap());
+    spec["source"] =
+        serde_json::json!(std::fs::read_to_string(dir.join("traffic_by_dst.c")).unwrap());
     let r = http(
         &ns,
         d.addr,
@@ -866,7 +866,10 @@ fn promtool_accepts_metrics_in_both_formats() {
     let text = r.body.clone();
     let m = Metrics::parse(&text).unwrap();
     assert!(
-        m.sum("vtap_probe_dst_packets_total", &[("probe", "traffic-by-dst")]) >= 20.0,
+        m.sum(
+            "vtap_probe_dst_packets_total",
+            &[("probe", "traffic-by-dst")]
+        ) >= 20.0,
         "{}",
         m.dump("vtap_probe")
     );

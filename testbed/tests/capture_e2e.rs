@@ -25,9 +25,8 @@ fn testbed(test: &str, opts: Options) -> Option<Testbed> {
 /// A policy on vm1-tap (both directions) sending `match_yaml` packets to
 /// capture `capture` with `snaplen`.
 fn pcap_policy(name: &str, match_yaml: &str, capture: &str, snaplen: u32) -> String {
-    let mut s = format!(
-        "version: 1\nname: {name}\ntaps: [vm1-tap]\ndirection: both\nsnaplen: {snaplen}\n"
-    );
+    let mut s =
+        format!("version: 1\nname: {name}\ntaps: [vm1-tap]\ndirection: both\nsnaplen: {snaplen}\n");
     if !match_yaml.trim().is_empty() {
         s.push_str("match:\n");
         for l in match_yaml.trim().lines() {
@@ -266,7 +265,10 @@ fn pcap_files_hold_exactly_the_selected_packets() {
         80.0
     );
     assert_eq!(
-        m.sum("vtap_capture_written_packets_total", &[("capture", "short")]),
+        m.sum(
+            "vtap_capture_written_packets_total",
+            &[("capture", "short")]
+        ),
         80.0
     );
     d.stop().expect("daemon exits 0");
@@ -309,7 +311,11 @@ fn jumbo_frames_and_gso_super_packets() {
     let pk = all_packets(&v);
     assert_eq!(pk.len(), 5, "{v:#}");
     for p in &pk {
-        assert_eq!((p.len, p.caplen), (14 + 20 + 8 + 8900, 14 + 20 + 8 + 8900), "{p:?}");
+        assert_eq!(
+            (p.len, p.caplen),
+            (14 + 20 + 8 + 8900, 14 + 20 + 8 + 8900),
+            "{p:?}"
+        );
     }
 
     let t = tb
@@ -380,19 +386,24 @@ fn rotation_by_size_and_count_and_stop_conditions() {
             f.display()
         );
     }
-    let mut names: Vec<_> = fs.iter().map(|f| f.file_name().unwrap().to_owned()).collect();
+    let mut names: Vec<_> = fs
+        .iter()
+        .map(|f| f.file_name().unwrap().to_owned())
+        .collect();
     names.sort();
     assert_eq!(
         names,
-        fs.iter().map(|f| f.file_name().unwrap().to_owned()).collect::<Vec<_>>(),
+        fs.iter()
+            .map(|f| f.file_name().unwrap().to_owned())
+            .collect::<Vec<_>>(),
         "files listed oldest first"
     );
     let in_files = all_packets(&v).len() as u64;
-    assert!(in_files > 0 && in_files < n(&v, "written_packets"), "oldest files deleted");
     assert!(
-        v["files"].as_array().unwrap().len() == 3,
-        "{v:#}"
+        in_files > 0 && in_files < n(&v, "written_packets"),
+        "oldest files deleted"
     );
+    assert!(v["files"].as_array().unwrap().len() == 3, "{v:#}");
 
     tb.udp(Udp {
         from: 1,
@@ -428,13 +439,19 @@ fn two_live_streams_each_get_every_packet() {
             &pcap_policy("s", "protocol: udp\ndst_ports: [6200]", "live", 0),
         )])
         .expect("daemon");
-    let url = format!("http://{}/api/v1/captures/live/stream?packets=30&seconds=60", d.addr);
+    let url = format!(
+        "http://{}/api/v1/captures/live/stream?packets=30&seconds=60",
+        d.addr
+    );
     let script = format!("curl -sN '{url}' | tcpdump -nn -r - 2>/dev/null");
     let subs: Vec<_> = (0..2)
         .map(|_| tb.spawn(&tb.host_ns, "sh", &["-c", &script]).unwrap())
         .collect();
     assert!(
-        wait_until(Duration::from_secs(10), || n(&capture(&d, "live"), "subscribers") == 2),
+        wait_until(Duration::from_secs(10), || n(
+            &capture(&d, "live"),
+            "subscribers"
+        ) == 2),
         "subscribers did not join"
     );
     tb.udp(Udp {
@@ -573,7 +590,10 @@ fn full_disk_stops_files_not_mirroring_and_recovers() {
 /// and change nothing.
 #[test]
 fn hostile_capture_names_are_rejected() {
-    let Some(tb) = testbed("hostile_capture_names_are_rejected", Options::default().vms(2)) else {
+    let Some(tb) = testbed(
+        "hostile_capture_names_are_rejected",
+        Options::default().vms(2),
+    ) else {
         return;
     };
     let d = tb.start_daemon(&[]).expect("daemon");
@@ -590,7 +610,12 @@ fn hostile_capture_names_are_rejected() {
         assert!(r.body.contains("outputs[0].pcap"), "{}", r.body);
     }
     let r = d.get("/api/v1/captures/..%2Fx").unwrap();
-    assert!(r.status == 422 || r.status == 404, "{} {}", r.status, r.body);
+    assert!(
+        r.status == 422 || r.status == 404,
+        "{} {}",
+        r.status,
+        r.body
+    );
     let r = d.get("/api/v1/captures").unwrap();
     assert_eq!(r.status, 200);
     let v: Value = serde_json::from_str(&r.body).unwrap();
@@ -598,7 +623,10 @@ fn hostile_capture_names_are_rejected() {
     let r = d.get("/api/v1/policies").unwrap();
     assert!(!r.body.contains("evil"), "{}", r.body);
     assert!(
-        std::fs::read_dir(d.state_dir.join("captures")).unwrap().next().is_none(),
+        std::fs::read_dir(d.state_dir.join("captures"))
+            .unwrap()
+            .next()
+            .is_none(),
         "nothing created under captures/"
     );
     d.stop().expect("daemon exits 0");
@@ -619,7 +647,12 @@ fn xdp_mode_tap_captures_ingress() {
                 ("mirror.yaml", mirror),
                 (
                     "cap.yaml",
-                    &pcap_policy("cap", "protocol: udp\nbidirectional: true\ndst_ports: [6400]", "x", 128),
+                    &pcap_policy(
+                        "cap",
+                        "protocol: udp\nbidirectional: true\ndst_ports: [6400]",
+                        "x",
+                        128,
+                    ),
                 ),
             ],
             &["--xdp-tap", "vm1-*"],

@@ -10,7 +10,9 @@ use serde::Deserialize;
 use vtap_testbed::cmd;
 
 fn deploy(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(p)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(p)
 }
 
 #[test]
@@ -58,9 +60,15 @@ fn daemonset_has_what_an_ebpf_agent_needs() {
     let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
     assert_eq!(ds["apiVersion"], "apps/v1");
     let t = &ds["spec"]["template"];
-    assert_eq!(ds["spec"]["selector"]["matchLabels"], t["metadata"]["labels"]);
+    assert_eq!(
+        ds["spec"]["selector"]["matchLabels"],
+        t["metadata"]["labels"]
+    );
     let spec = &t["spec"];
-    assert_eq!(spec["hostNetwork"], true, "the VMs' taps are in the host's netns");
+    assert_eq!(
+        spec["hostNetwork"], true,
+        "the VMs' taps are in the host's netns"
+    );
     let a = &t["metadata"]["annotations"];
     assert_eq!(a["prometheus.io/scrape"], "true");
     assert_eq!(a["prometheus.io/path"], "/metrics");

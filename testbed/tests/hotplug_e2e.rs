@@ -22,7 +22,8 @@ fn interfaces_are_attached_on_their_link_event_and_leave_nothing_behind() {
     // attach within the bound below.
     let cfg = tb.path("vtapd", "yaml");
     std::fs::write(&cfg, "refresh_ms: 60000\n").unwrap();
-    let policy = "version: 1\nname: hp\ntaps: [\"hp*\"]\noutputs:\n  - interface: mon0\n    vlan: 70\n";
+    let policy =
+        "version: 1\nname: hp\ntaps: [\"hp*\"]\noutputs:\n  - interface: mon0\n    vlan: 70\n";
     let d = tb
         .start_daemon_with(&[("hp.yaml", policy)], &["--config", cfg.to_str().unwrap()])
         .expect("daemon");
@@ -34,12 +35,21 @@ fn interfaces_are_attached_on_their_link_event_and_leave_nothing_behind() {
     let mut worst = Duration::ZERO;
     for round in 0..30 {
         let t0 = Instant::now();
-        cmd::ip(Some(&ns), &["link", "add", "hp0", "type", "veth", "peer", "name", "hq0"]).unwrap();
+        cmd::ip(
+            Some(&ns),
+            &["link", "add", "hp0", "type", "veth", "peer", "name", "hq0"],
+        )
+        .unwrap();
         cmd::ip(Some(&ns), &["link", "set", "hp0", "up"]).unwrap();
         cmd::ip(Some(&ns), &["link", "set", "hq0", "up"]).unwrap();
         let ok = wait_until(Duration::from_secs(3), || tap(&d)["state"] == "attached");
         let took = t0.elapsed();
-        assert!(ok, "round {round}: hp0 not attached: {:#}\n{}", tap(&d), d.log());
+        assert!(
+            ok,
+            "round {round}: hp0 not attached: {:#}\n{}",
+            tap(&d),
+            d.log()
+        );
         worst = worst.max(took);
         cmd::ip(Some(&ns), &["link", "del", "hp0"]).unwrap();
         // Gone: detached and forgotten (a glob's interface is listed only

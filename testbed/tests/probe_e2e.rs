@@ -46,7 +46,11 @@ fn traffic_by_dst() -> Value {
 
 fn put(d: &Daemon, name: &str, spec: &Value) -> (u16, Value) {
     let r = d
-        .request("PUT", &format!("/api/v1/probes/{name}"), Some(&spec.to_string()))
+        .request(
+            "PUT",
+            &format!("/api/v1/probes/{name}"),
+            Some(&spec.to_string()),
+        )
         .expect("PUT probe");
     (
         r.status,
@@ -77,8 +81,7 @@ fn dst_packets(d: &Daemon, dst: &str) -> u64 {
 
 #[test]
 fn a_library_probe_counts_exactly_and_bad_probes_change_nothing() {
-    let Some(tb) = testbed("a_library_probe_counts_exactly_and_bad_probes_change_nothing")
-    else {
+    let Some(tb) = testbed("a_library_probe_counts_exactly_and_bad_probes_change_nothing") else {
         return;
     };
     let d = tb.start_daemon(&[]).expect("daemon");
@@ -156,12 +159,17 @@ fn a_library_probe_counts_exactly_and_bad_probes_change_nothing() {
     assert_eq!(dst_packets(&d, &vm2), 3);
 
     // Remove.
-    let r = d.request("DELETE", "/api/v1/probes/traffic-by-dst", None).unwrap();
+    let r = d
+        .request("DELETE", "/api/v1/probes/traffic-by-dst", None)
+        .unwrap();
     assert_eq!(r.status, 204, "{}", r.body);
     let r = d.get("/api/v1/probes/traffic-by-dst").unwrap();
     assert_eq!(r.status, 404);
     let r = d.get("/api/v1/probes").unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap()["probes"], json!([]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&r.body).unwrap()["probes"],
+        json!([])
+    );
     d.stop().expect("daemon exits 0");
 }
 
@@ -170,11 +178,21 @@ fn base64_of(path: &str) -> String {
     let b = std::fs::read(path).unwrap();
     let mut out = String::new();
     for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -331,16 +349,20 @@ fn replacing_a_probe_50_times_under_traffic_loses_nothing() {
         swaps += 1;
     }
     let status = ping.wait_timeout(Duration::from_secs(30)).unwrap();
-    assert!(status.is_some_and(|s| s.success()), "ping: {}", ping.stdout());
     assert!(
-        ping.stdout().contains(&format!("{PINGS} packets transmitted, {PINGS} received")),
+        status.is_some_and(|s| s.success()),
+        "ping: {}",
+        ping.stdout()
+    );
+    assert!(
+        ping.stdout()
+            .contains(&format!("{PINGS} packets transmitted, {PINGS} received")),
         "{}",
         ping.stdout()
     );
     counted += dst_packets(&d, &vm2);
     assert_eq!(
-        counted,
-        PINGS as u64,
+        counted, PINGS as u64,
         "echo requests counted across {swaps} versions"
     );
     d.stop().expect("daemon exits 0");
@@ -393,7 +415,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
     const PINGS: u64 = 1000;
     let vm2 = tb.addr(2, false).to_string();
     let mut ping = tb
-        .spawn(&tb.vm(1).ns, "ping", &["-n", "-q", "-c", "1000", "-i", "0.002", &vm2])
+        .spawn(
+            &tb.vm(1).ns,
+            "ping",
+            &["-n", "-q", "-c", "1000", "-i", "0.002", &vm2],
+        )
         .unwrap();
     let read = || -> (u64, u64) {
         let r = d.get("/api/v1/probes/pair/metrics").unwrap();
@@ -447,16 +473,24 @@ fn cli_injects_a_library_probe_from_its_spec_file() {
     let (rc, out) = vtap(&["probe", "inject", "-f", spec.to_str().unwrap()]);
     assert_eq!(rc, 0, "{out}");
     assert!(out.contains("probe traffic-by-dst injected"), "{out}");
-    assert!(out.contains("vm1-tap:ingress") && out.contains("vm2-tap:ingress"), "{out}");
+    assert!(
+        out.contains("vm1-tap:ingress") && out.contains("vm2-tap:ingress"),
+        "{out}"
+    );
     assert_eq!(tb.ping(1, 2, 7, false).unwrap().received, 7);
     let (rc, out) = vtap(&["probe", "list"]);
     assert_eq!(rc, 0, "{out}");
-    assert!(out.contains("traffic-by-dst") && out.contains("dst_packets"), "{out}");
+    assert!(
+        out.contains("traffic-by-dst") && out.contains("dst_packets"),
+        "{out}"
+    );
     let (rc, out) = vtap(&["probe", "metrics", "traffic-by-dst", "--openmetrics"]);
     assert_eq!(rc, 0, "{out}");
     let vm2 = tb.addr(2, false).to_string();
     assert!(
-        out.contains(&format!("vtap_probe_dst_packets_total{{probe=\"traffic-by-dst\",dst=\"{vm2}\"}} 7")),
+        out.contains(&format!(
+            "vtap_probe_dst_packets_total{{probe=\"traffic-by-dst\",dst=\"{vm2}\"}} 7"
+        )),
         "{out}"
     );
     let (rc, out) = vtap(&["probe", "inject", "-f", "/nonexistent.yaml"]);
@@ -498,15 +532,20 @@ fn a_bucket_map_is_exported_as_a_histogram() {
         )
     };
     // 10 echo requests and 10 replies of 98 bytes, on vm1-tap.
-    assert_eq!((b("64"), b("128"), b("65535"), b("+Inf")), (0.0, 20.0, 20.0, 20.0), "{text}");
+    assert_eq!(
+        (b("64"), b("128"), b("65535"), b("+Inf")),
+        (0.0, 20.0, 20.0, 20.0),
+        "{text}"
+    );
     let p = [("probe", "pkt-size-hist")];
     assert_eq!(m.sum("vtap_probe_frame_size_bytes_count", &p), 20.0);
     assert_eq!(m.sum("vtap_probe_frame_size_bytes_sum", &p), 20.0 * 98.0);
     // promtool (installed by scripts/install-deps.sh) accepts it.
     let mut c = std::process::Command::new("promtool");
     c.args(["check", "metrics"]);
-    let o = vtap_testbed::cmd::run_with_stdin(&mut c, Some(text.as_bytes()), Duration::from_secs(30))
-        .expect("promtool runs");
+    let o =
+        vtap_testbed::cmd::run_with_stdin(&mut c, Some(text.as_bytes()), Duration::from_secs(30))
+            .expect("promtool runs");
     assert!(o.success(), "promtool: {}{}", o.stdout, o.stderr);
     d.stop().expect("daemon exits 0");
 }
@@ -583,6 +622,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
     assert_eq!(v(&d.metrics().unwrap()), 4.0);
     let r = d.request("DELETE", "/api/v1/probes/icmp-in", None).unwrap();
     assert_eq!(r.status, 204);
-    assert_eq!(tb.ping(1, 2, 2, false).unwrap().received, 2, "traffic after removal");
+    assert_eq!(
+        tb.ping(1, 2, 2, false).unwrap().received,
+        2,
+        "traffic after removal"
+    );
     d.stop().expect("daemon exits 0");
 }

@@ -199,7 +199,11 @@ impl Tmpfs {
             .arg(dir)
             .output()?;
         if !o.status.success() {
-            bail!("mount tmpfs on {}: {}", dir.display(), String::from_utf8_lossy(&o.stderr));
+            bail!(
+                "mount tmpfs on {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
         }
         Ok(Tmpfs(dir.to_path_buf()))
     }
@@ -207,7 +211,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -1528,7 +1535,11 @@ fn real_main() -> Result<bool> {
         set.tcpdump_buffer_kib
             .map(|k| format!("{k} KiB"))
             .unwrap_or_else(|| "default (2 MiB)".into()),
-        if set.tmpfs { "a tmpfs (RAM)" } else { "the disk (the work directory)" },
+        if set.tmpfs {
+            "a tmpfs (RAM)"
+        } else {
+            "the disk (the work directory)"
+        },
     );
     let _ = writeln!(
         md,

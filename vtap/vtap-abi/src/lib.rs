@@ -586,7 +586,11 @@ pub fn layouts() -> Vec<Layout> {
         };
     }
     vec![
-        l!("vtap_global", Global, [active_gen, abi_version, flags, _pad]),
+        l!(
+            "vtap_global",
+            Global,
+            [active_gen, abi_version, flags, _pad]
+        ),
         l!("vtap_parse_pub", ParsePub, [seq, ifindex, p]),
         l!("vtap_bitmap", Bitmap, [w]),
         l!(
@@ -636,7 +640,9 @@ pub fn layouts() -> Vec<Layout> {
         l!(
             "vtap_pcap_rec",
             PcapRec,
-            [ts_ns, orig_len, cap_len, ifindex, dir, output, _pad, policies]
+            [
+                ts_ns, orig_len, cap_len, ifindex, dir, output, _pad, policies
+            ]
         ),
         l!(
             "vtap_capture_stats",

@@ -20,13 +20,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use vtap_abi::{
-    Bitmap, CaptureStats, CopyStats, Dir, GEN_ANY_BIDIR, GenConfig, LENS_LPM, MAX_LENS, MAX_OUTPUTS,
-    MAX_POLICIES, NO_OUTPUT, Output, OutputStats, PolicyAction, PolicyDrops, PolicyStats, TapSel,
-    cidr_table, output_kind,
+    Bitmap, CaptureStats, CopyStats, Dir, GEN_ANY_BIDIR, GenConfig, LENS_LPM, MAX_LENS,
+    MAX_OUTPUTS, MAX_POLICIES, NO_OUTPUT, Output, OutputStats, PolicyAction, PolicyDrops,
+    PolicyStats, TapSel, cidr_table, output_kind,
 };
 
-use crate::datapath::reconcile::{Image, Reconciler};
 use crate::capture::sink::Captures;
+use crate::datapath::reconcile::{Image, Reconciler};
 use crate::datapath::{Datapath, DatapathError, LoadOptions, stats};
 use crate::netlink::Links;
 use crate::policy::compile::{Assignment, CompiledSet, OutputKey, compile};

@@ -149,7 +149,11 @@ fn two_policies_share_one_record_with_the_larger_snaplen() {
         .map(|p| h.assignment.policy_slots[*p] as usize)
         .collect();
     slots.sort();
-    assert_eq!(r.policies.iter().collect::<Vec<_>>(), slots, "both policies named");
+    assert_eq!(
+        r.policies.iter().collect::<Vec<_>>(),
+        slots,
+        "both policies named"
+    );
 }
 
 #[test]

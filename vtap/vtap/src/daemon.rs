@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::signal::unix::{SignalKind, signal};
 use std::collections::BTreeMap;
+use tokio::signal::unix::{SignalKind, signal};
 
 use vtap_core::capture::CaptureConfig;
 use vtap_core::capture::ring::RingReader;
@@ -177,9 +177,7 @@ fn config(args: &DaemonArgs) -> anyhow::Result<Config> {
     for t in args.xdp_taps.iter().chain(&file.xdp_taps) {
         vtap_core::policy::validate::check_ifname(&t.replace(['*', '?', '[', ']'], "x"))
             .map_err(|e| anyhow::anyhow!("xdp tap {t:?}: {e}"))?;
-        xdp_taps.push(
-            glob::Pattern::new(t).map_err(|e| anyhow::anyhow!("xdp tap {t:?}: {e}"))?,
-        );
+        xdp_taps.push(glob::Pattern::new(t).map_err(|e| anyhow::anyhow!("xdp tap {t:?}: {e}"))?);
     }
     let body_limit = args.body_limit.or(file.body_limit).unwrap_or(1 << 20);
     if body_limit < 1024 {
@@ -296,8 +294,14 @@ impl BpfPin {
                 let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes())?;
                 let fs = c"bpf";
                 // SAFETY: valid C strings; no data.
-                if unsafe { libc::mount(fs.as_ptr(), c.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } != 0 {
-                    anyhow::bail!("mounting a bpf filesystem on {}: {}", d.display(), std::io::Error::last_os_error());
+                if unsafe { libc::mount(fs.as_ptr(), c.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) }
+                    != 0
+                {
+                    anyhow::bail!(
+                        "mounting a bpf filesystem on {}: {}",
+                        d.display(),
+                        std::io::Error::last_os_error()
+                    );
                 }
             }
             (d, true)
@@ -466,7 +470,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             vtap_core::probes::manager::ProbeManager::new();
         st.bpf_pin.lock().unwrap_or_else(|p| p.into_inner()).take();
         // Stop reading the ring, then close every capture file.
-        st.ring_reader.lock().unwrap_or_else(|p| p.into_inner()).take();
+        st.ring_reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         st.captures.shutdown();
     })
     .await?;
@@ -574,7 +581,9 @@ mod tests {
     use std::path::Path;
 
     fn deploy(path: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(path)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy")
+            .join(path)
     }
 
     #[test]

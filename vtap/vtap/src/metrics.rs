@@ -7,8 +7,8 @@
 //! bounded labels (tap names, policy names, output labels, and fixed sets of
 //! directions and drop reasons).
 
-use vtap_abi::drop_reason;
 use std::collections::BTreeMap;
+use vtap_abi::drop_reason;
 
 use vtap_core::engine::Engine;
 use vtap_core::probes::manager::{HistSample, Sample};

@@ -7,8 +7,8 @@
 //! blocks are built and serialised with the `pcap-file` crate.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use byteorder::LittleEndian;
 use pcap_file::pcapng::Block;

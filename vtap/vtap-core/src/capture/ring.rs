@@ -228,7 +228,11 @@ fn run(
                     iface: IfaceDir {
                         ifindex: h.ifindex,
                         ifname: names.get(h.ifindex),
-                        dir: if h.dir == 0 { Dir::Ingress } else { Dir::Egress },
+                        dir: if h.dir == 0 {
+                            Dir::Ingress
+                        } else {
+                            Dir::Egress
+                        },
                     },
                     policies,
                 });

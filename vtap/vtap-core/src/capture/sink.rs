@@ -554,7 +554,11 @@ mod tests {
         assert!(slow2.try_next().is_none());
         let b = slow.try_next().unwrap();
         assert_eq!(b.first_seq, 30, "oldest kept batch");
-        assert_eq!(c.counters.stream_lost.load(Ordering::Relaxed), 0, "nothing seen yet");
+        assert_eq!(
+            c.counters.stream_lost.load(Ordering::Relaxed),
+            0,
+            "nothing seen yet"
+        );
         // A subscriber that saw batch k and then batch k + 11 lost 30 packets.
         let mut s = c.subscribe();
         c.deliver(vec![pkt(1); 3]);

@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::maps::{Map, MapData, RingBuf};
-use aya::{Ebpf, EbpfLoader};
 use aya::programs::tc::SchedClassifierLinkId;
 use aya::programs::xdp::{XdpLinkId, XdpMode};
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp};
+use aya::{Ebpf, EbpfLoader};
 use vtap_abi::Dir;
 
 /// The compiled TC datapath (built by `build.rs` from `ebpf/vtap_tc.c`).
@@ -412,7 +412,8 @@ impl Datapath {
                 dir: dir.as_str(),
                 source: Box::new(e),
             })?;
-        self.links.insert((iface.to_string(), dir), LinkId::Tc(link));
+        self.links
+            .insert((iface.to_string(), dir), LinkId::Tc(link));
         Ok(())
     }
 

@@ -113,10 +113,7 @@ impl Assignment {
         if names.len() > MAX_POLICIES {
             return Err(CompileError::TooManyPolicies(names.len()));
         }
-        let outputs: BTreeSet<OutputKey> = policies
-            .iter()
-            .flat_map(|p| p.output_keys())
-            .collect();
+        let outputs: BTreeSet<OutputKey> = policies.iter().flat_map(|p| p.output_keys()).collect();
         if outputs.len() > MAX_OUTPUTS {
             return Err(CompileError::TooManyOutputs(outputs.len()));
         }

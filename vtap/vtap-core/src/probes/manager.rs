@@ -75,8 +75,10 @@ fn add_values(a: &mut Value, b: &Value) {
         (Value::Number(x), Value::Number(y)) => {
             *x = match (x.as_u64(), y.as_u64()) {
                 (Some(p), Some(q)) => p.saturating_add(q).into(),
-                _ => serde_json::Number::from_f64(x.as_f64().unwrap_or(0.0) + y.as_f64().unwrap_or(0.0))
-                    .unwrap_or_else(|| 0.into()),
+                _ => serde_json::Number::from_f64(
+                    x.as_f64().unwrap_or(0.0) + y.as_f64().unwrap_or(0.0),
+                )
+                .unwrap_or_else(|| 0.into()),
             };
         }
         (Value::Object(x), Value::Object(y)) => {
@@ -389,7 +391,11 @@ impl ProbeManager {
             many => {
                 return Err(invalid(
                     "source",
-                    format!("the object has {} of them ({}); a probe has one {kind}", many.len(), many.join(", ")),
+                    format!(
+                        "the object has {} of them ({}); a probe has one {kind}",
+                        many.len(),
+                        many.join(", ")
+                    ),
                 ));
             }
         };
@@ -707,7 +713,11 @@ impl Probe {
         let want: BTreeSet<(String, Dir)> = links
             .keys()
             .filter(|n| patterns.iter().any(|p| p.matches(n)))
-            .flat_map(|n| dirs(self.spec.attach.direction).into_iter().map(move |d| (n.clone(), d)))
+            .flat_map(|n| {
+                dirs(self.spec.attach.direction)
+                    .into_iter()
+                    .map(move |d| (n.clone(), d))
+            })
             .collect();
         let gone: Vec<(String, Dir)> = self
             .links
@@ -752,19 +762,21 @@ impl Probe {
                     continue;
                 }
                 let acc = m.acc.lock().unwrap();
-                let table = if m.spec.reset_on_read { &acc.window } else { &acc.total };
+                let table = if m.spec.reset_on_read {
+                    &acc.window
+                } else {
+                    &acc.total
+                };
                 table
                     .values()
                     .map(|(k, v)| json!({"key": k, "value": v}))
                     .collect()
             } else {
-                match self
-                    .read_map(m)
-                    .and_then(|e| {
-                        m.layout
-                            .decode(&e, m.spec.aggregate.aggregation())
-                            .map_err(|e| ProbeManagerError::Kernel(e.to_string()))
-                    }) {
+                match self.read_map(m).and_then(|e| {
+                    m.layout
+                        .decode(&e, m.spec.aggregate.aggregation())
+                        .map_err(|e| ProbeManagerError::Kernel(e.to_string()))
+                }) {
                     Ok(v) => v,
                     Err(_) => continue,
                 }
@@ -1006,25 +1018,26 @@ impl Probe {
                         .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?;
                     labels.push((label.clone(), text));
                 }
-                let values: Vec<(Option<usize>, Value)> = match (per_cpu, m.spec.aggregate.aggregation()) {
-                    (false, _) => vec![(None, decode(&m.layout.value, v)?)],
-                    (true, Some(how)) => vec![(
-                        None,
-                        m.layout
+                let values: Vec<(Option<usize>, Value)> =
+                    match (per_cpu, m.spec.aggregate.aggregation()) {
+                        (false, _) => vec![(None, decode(&m.layout.value, v)?)],
+                        (true, Some(how)) => vec![(
+                            None,
+                            m.layout
+                                .value
+                                .aggregate(v, ncpus, how)
+                                .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?,
+                        )],
+                        (true, None) => m
+                            .layout
                             .value
-                            .aggregate(v, ncpus, how)
-                            .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?,
-                    )],
-                    (true, None) => m
-                        .layout
-                        .value
-                        .decode_per_cpu(v, ncpus)
-                        .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?
-                        .into_iter()
-                        .enumerate()
-                        .map(|(c, v)| (Some(c), v))
-                        .collect(),
-                };
+                            .decode_per_cpu(v, ncpus)
+                            .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?
+                            .into_iter()
+                            .enumerate()
+                            .map(|(c, v)| (Some(c), v))
+                            .collect(),
+                    };
                 for (cpu, val) in values {
                     let Some(x) = pick(&val, &m.spec.value_field) else {
                         continue;
@@ -1154,7 +1167,10 @@ fn map_fd(m: &aya::maps::Map) -> Option<std::os::fd::BorrowedFd<'_>> {
 /// The verifier's message and log of a failed program load.
 fn verifier_text(e: &aya::programs::ProgramError) -> String {
     match e {
-        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             let log = verifier_log.to_string();
             let log: Vec<&str> = log.lines().collect();
             // The end of the log says why; keep it bounded.

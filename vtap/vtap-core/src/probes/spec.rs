@@ -204,8 +204,7 @@ fn name_ok(s: &str, max: usize, extra: &[char]) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.starts_with(|c: char| c.is_ascii_alphabetic())
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c))
 }
 
@@ -240,10 +239,14 @@ pub fn validate(s: &ProbeSpec, cli: bool) -> Vec<FieldError> {
         if let Err(e) = crate::policy::validate::check_ifname(&plain) {
             err(format!("attach.taps[{i}]"), e);
         } else if glob::Pattern::new(t).is_err() {
-            err(format!("attach.taps[{i}]"), format!("{t:?} is not a valid glob"));
+            err(
+                format!("attach.taps[{i}]"),
+                format!("{t:?} is not a valid glob"),
+            );
         }
     }
-    if s.attach.hook == Hook::Xdp && s.attach.direction != crate::policy::model::Direction::Ingress {
+    if s.attach.hook == Hook::Xdp && s.attach.direction != crate::policy::model::Direction::Ingress
+    {
         err(
             "attach.direction".into(),
             "an xdp probe sees only packets arriving on the interface: direction ingress".into(),
@@ -354,14 +357,20 @@ pub fn validate(s: &ProbeSpec, cli: bool) -> Vec<FieldError> {
         let reserved = ["probe", "cpu", "__name__"];
         for l in m.labels.keys() {
             if !name_ok(l, 100, &[]) || reserved.contains(&l.as_str()) {
-                err(f(&format!("labels.{l}")), format!("{l:?} is not a valid label name (reserved: probe, cpu)"));
+                err(
+                    f(&format!("labels.{l}")),
+                    format!("{l:?} is not a valid label name (reserved: probe, cpu)"),
+                );
             }
         }
         for (k, kl) in m.key_labels.iter().enumerate() {
             if !name_ok(&kl.label, 100, &[]) || reserved.contains(&kl.label.as_str()) {
                 err(
                     f(&format!("key_labels[{k}].label")),
-                    format!("{:?} is not a valid label name (reserved: probe, cpu)", kl.label),
+                    format!(
+                        "{:?} is not a valid label name (reserved: probe, cpu)",
+                        kl.label
+                    ),
                 );
             }
         }

@@ -17,17 +17,21 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use vtap_abi::CaptureStats;
 use vtap_core::capture::files::FileState;
 use vtap_core::capture::name::validate_capture_name;
 use vtap_core::capture::pcapng::PcapngEncoder;
 use vtap_core::capture::sink::{Capture, DatapathCounters};
-use vtap_abi::CaptureStats;
 
 use super::{ApiError, AppState};
 use crate::wire::{self, CaptureFile, CaptureInfo, CaptureList, ErrorDetail};
 
 /// The REST view of one capture.
-pub fn capture_info(cap: &Capture, policies: Vec<String>, dp: Option<&CaptureStats>) -> CaptureInfo {
+pub fn capture_info(
+    cap: &Capture,
+    policies: Vec<String>,
+    dp: Option<&CaptureStats>,
+) -> CaptureInfo {
     let dp = dp
         .map(|s| DatapathCounters {
             packets: s.packets,

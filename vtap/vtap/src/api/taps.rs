@@ -98,7 +98,12 @@ fn tap_infos(c: &Core, snap: &Snapshot) -> Vec<TapInfo> {
             TapInfo {
                 name: name.clone(),
                 ifindex,
-                mode: if st.is_some_and(|s| s.xdp) { "xdp" } else { "tcx" }.into(),
+                mode: if st.is_some_and(|s| s.xdp) {
+                    "xdp"
+                } else {
+                    "tcx"
+                }
+                .into(),
                 directions: dir_names(&if wanted.is_empty() {
                     explicit.get(name).cloned().unwrap_or_default()
                 } else {

@@ -109,7 +109,11 @@ fn losses(c: &CaptureInfo) -> String {
     .filter(|(_, n)| *n > 0)
     .map(|(r, n)| format!("{r}={n}"))
     .collect();
-    if l.is_empty() { "-".into() } else { l.join(",") }
+    if l.is_empty() {
+        "-".into()
+    } else {
+        l.join(",")
+    }
 }
 
 /// The `capture list` table.
@@ -219,7 +223,13 @@ mod tests {
     #[test]
     fn show_names_the_error() {
         let t = show_text(&info());
-        assert!(t.contains("error (No space left on device (os error 28))"), "{t}");
-        assert!(t.contains("web-20261122T000000.000000Z.pcapng  3.0 MiB"), "{t}");
+        assert!(
+            t.contains("error (No space left on device (os error 28))"),
+            "{t}"
+        );
+        assert!(
+            t.contains("web-20261122T000000.000000Z.pcapng  3.0 MiB"),
+            "{t}"
+        );
     }
 }

@@ -53,8 +53,8 @@ fn local(msg: String) -> CliError {
 pub fn read_spec(file: &Path) -> Result<ProbeSpec, CliError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| local(format!("reading {}: {e}", file.display())))?;
-    let mut s: ProbeSpec = serde_yaml::from_str(&text)
-        .map_err(|e| local(format!("{}: {e}", file.display())))?;
+    let mut s: ProbeSpec =
+        serde_yaml::from_str(&text).map_err(|e| local(format!("{}: {e}", file.display())))?;
     let errs = spec::validate(&s, true);
     if !errs.is_empty() {
         return Err(CliError::Local(
@@ -97,7 +97,11 @@ pub fn run(ctx: &Ctx, cmd: ProbeCmd) -> Result<(), CliError> {
                 Format::Table => emit(&format!(
                     "probe {} {} ({:.0} ms): attached to {}\n",
                     s.name,
-                    if r.status == 201 { "injected" } else { "replaced" },
+                    if r.status == 201 {
+                        "injected"
+                    } else {
+                        "replaced"
+                    },
                     r.body["load_ms"].as_f64().unwrap_or(0.0),
                     list_or_dash(&strings(&r.body["attached"]))
                 )),
@@ -157,7 +161,11 @@ pub fn run(ctx: &Ctx, cmd: ProbeCmd) -> Result<(), CliError> {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -167,7 +175,8 @@ pub fn list_text(body: &Value) -> String {
     if probes.is_empty() {
         return "no probes (vtap probe inject -f SPEC)\n".into();
     }
-    let mut t = Table::new(&["NAME", "HOOK", "ATTACHED", "PROGRAM", "INSNS", "METRICS"]).right(&[4]);
+    let mut t =
+        Table::new(&["NAME", "HOOK", "ATTACHED", "PROGRAM", "INSNS", "METRICS"]).right(&[4]);
     for p in &probes {
         t.row(vec![
             p["name"].as_str().unwrap_or("").into(),
@@ -176,7 +185,9 @@ pub fn list_text(body: &Value) -> String {
             format!(
                 "{} (id {})",
                 p["program"].as_str().unwrap_or(""),
-                p["program_id"].as_u64().map_or("-".into(), |i| i.to_string())
+                p["program_id"]
+                    .as_u64()
+                    .map_or("-".into(), |i| i.to_string())
             ),
             p["instructions"].as_u64().unwrap_or(0).to_string(),
             list_or_dash(
