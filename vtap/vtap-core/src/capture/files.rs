@@ -252,31 +252,24 @@ impl CaptureFiles {
             return;
         }
 
-        // The block in three parts — header, the packet's bytes, trailer —
-        // so the bytes are copied once, into the file buffer.
-        self.scratch.clear();
-        self.trailer.clear();
-        let Some(cur) = self.current.as_mut() else {
+        let Some(mut len) = self.encode_for_current(pkt) else {
             return;
         };
-        cur.encoder
-            .encode_parts(pkt, &mut self.scratch, &mut self.trailer);
-        let record = (self.scratch.len() + pkt.data.len() + self.trailer.len()) as u64;
-        let too_big = self.rotate_bytes > 0
-            && cur.packets > 0
-            && cur.bytes.saturating_add(record) > self.rotate_bytes;
+        let too_big = self.current.as_ref().is_some_and(|cur| {
+            self.rotate_bytes > 0
+                && cur.packets > 0
+                && cur.bytes.saturating_add(len) > self.rotate_bytes
+        });
         if too_big {
             if !self.close_current(now) || !self.open_file(now) {
                 self.stats.not_written_error += 1;
                 return;
             }
-            self.scratch.clear();
-            self.trailer.clear();
-            let Some(cur) = self.current.as_mut() else {
+            // The new file describes its interfaces again.
+            let Some(l) = self.encode_for_current(pkt) else {
                 return;
             };
-            cur.encoder
-                .encode_parts(pkt, &mut self.scratch, &mut self.trailer);
+            len = l;
         }
 
         let Some(cur) = self.current.as_mut() else {
@@ -293,7 +286,6 @@ impl CaptureFiles {
             self.stats.not_written_error += 1;
             return;
         }
-        let len = (self.scratch.len() + pkt.data.len() + self.trailer.len()) as u64;
         let buffered = cur.writer.buffer().len() as u64;
         cur.unflushed = if buffered == 0 {
             0
@@ -313,6 +305,19 @@ impl CaptureFiles {
         } else if self.cfg.stop_bytes > 0 && self.captured_bytes >= self.cfg.stop_bytes {
             self.stop("bytes");
         }
+    }
+
+    /// Encodes `pkt` for the current file in three parts — `scratch`
+    /// (header), the packet's bytes, `trailer` — so the bytes are copied
+    /// once, into the file buffer. Returns the record's length (None: no
+    /// file open).
+    fn encode_for_current(&mut self, pkt: &Packet) -> Option<u64> {
+        self.scratch.clear();
+        self.trailer.clear();
+        let cur = self.current.as_mut()?;
+        cur.encoder
+            .encode_parts(pkt, &mut self.scratch, &mut self.trailer);
+        Some((self.scratch.len() + pkt.data.len() + self.trailer.len()) as u64)
     }
 
     /// Periodic work: applies `stop_seconds` and time rotation without
