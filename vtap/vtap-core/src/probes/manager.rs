@@ -60,6 +60,9 @@ struct Metric {
     acc: std::sync::Mutex<Accumulated>,
 }
 
+/// One entry of a metric: raw key, decoded key, decoded value.
+type Row = (Vec<u8>, Value, Value);
+
 /// Drained values of a reset-on-read metric: the running total (for
 /// `/metrics`) and what the API has not returned yet (its window).
 #[derive(Default)]
@@ -906,23 +909,9 @@ impl Probe {
                 sum += pick(value, &m.spec.sum_field).unwrap_or(0.0);
             }
         };
-        if m.spec.reset_on_read || m.spec.snapshot {
-            if !m.spec.snapshot {
-                self.drain(m)?;
-            }
-            let acc = m.acc.lock().unwrap();
-            for (key, value) in acc.total.values() {
-                add(key, value);
-            }
-        } else {
-            let entries = self.read_map(m)?;
-            for e in m
-                .layout
-                .decode(&entries, m.spec.aggregate.aggregation())
-                .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?
-            {
-                add(&e["key"], &e["value"]);
-            }
+        let (rows, _) = self.current(m)?;
+        for (_, key, value) in &rows {
+            add(key, value);
         }
         let buckets: Vec<(f64, u64)> = m
             .spec
@@ -951,6 +940,38 @@ impl Probe {
         })
     }
 
+    /// A metric's entries now, as (raw key, decoded key, decoded value):
+    /// the running totals for accumulating metrics (`reset_on_read`,
+    /// `snapshot`), else the map as it is, per-CPU values aggregated as the
+    /// spec says. The flag: values are arrays with one slot per CPU
+    /// (`aggregate: none` on a per-CPU map).
+    fn current(&self, m: &Metric) -> Result<(Vec<Row>, bool), ProbeManagerError> {
+        let split = m.spec.aggregate.aggregation().is_none();
+        if m.spec.reset_on_read || m.spec.snapshot {
+            if !m.spec.snapshot {
+                self.drain(m)?;
+            }
+            let acc = m.acc.lock().unwrap();
+            let rows = acc
+                .total
+                .iter()
+                .map(|(k, (key, value))| (k.clone(), key.clone(), value.clone()))
+                .collect();
+            return Ok((rows, split));
+        }
+        let entries = self.read_map(m)?;
+        let decoded = m
+            .layout
+            .decode(&entries, m.spec.aggregate.aggregation())
+            .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?;
+        let rows = entries
+            .iter()
+            .zip(decoded)
+            .map(|((k, _), mut d)| (k.to_vec(), d["key"].take(), d["value"].take()))
+            .collect();
+        Ok((rows, split && entries.map_type().is_per_cpu()))
+    }
+
     fn samples(&self) -> Result<Vec<Sample>, ProbeManagerError> {
         let mut out = Vec::new();
         for m in &self.metrics {
@@ -958,54 +979,8 @@ impl Probe {
                 out.push(self.histogram(m)?);
                 continue;
             }
-            if m.spec.reset_on_read || m.spec.snapshot {
-                if !m.spec.snapshot {
-                    self.drain(m)?;
-                }
-                let acc = m.acc.lock().unwrap();
-                for (k, (_, value)) in &acc.total {
-                    let mut labels: Vec<(String, String)> = m
-                        .spec
-                        .labels
-                        .iter()
-                        .map(|(a, b)| (a.clone(), b.clone()))
-                        .collect();
-                    for (f, fmt, label) in &m.key_fields {
-                        let text = f
-                            .format(k, *fmt)
-                            .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?;
-                        labels.push((label.clone(), text));
-                    }
-                    let per_cpu: Vec<(Option<usize>, &Value)> = match value {
-                        Value::Array(a) if m.spec.aggregate.aggregation().is_none() => {
-                            a.iter().enumerate().map(|(c, v)| (Some(c), v)).collect()
-                        }
-                        v => vec![(None, v)],
-                    };
-                    for (cpu, val) in per_cpu {
-                        let Some(x) = pick(val, &m.spec.value_field) else {
-                            continue;
-                        };
-                        let mut labels = labels.clone();
-                        if let Some(c) = cpu {
-                            labels.push(("cpu".into(), c.to_string()));
-                        }
-                        out.push(Sample {
-                            metric: m.spec.name.clone(),
-                            help: m.spec.help.clone(),
-                            kind: m.spec.kind,
-                            labels,
-                            value: x,
-                            hist: None,
-                        });
-                    }
-                }
-                continue;
-            }
-            let entries = self.read_map(m)?;
-            let per_cpu = entries.map_type().is_per_cpu();
-            let ncpus = entries.ncpus();
-            for (k, v) in entries.iter() {
+            let (rows, per_cpu) = self.current(m)?;
+            for (k, _, value) in &rows {
                 let mut labels: Vec<(String, String)> = m
                     .spec
                     .labels
@@ -1018,28 +993,14 @@ impl Probe {
                         .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?;
                     labels.push((label.clone(), text));
                 }
-                let values: Vec<(Option<usize>, Value)> =
-                    match (per_cpu, m.spec.aggregate.aggregation()) {
-                        (false, _) => vec![(None, decode(&m.layout.value, v)?)],
-                        (true, Some(how)) => vec![(
-                            None,
-                            m.layout
-                                .value
-                                .aggregate(v, ncpus, how)
-                                .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?,
-                        )],
-                        (true, None) => m
-                            .layout
-                            .value
-                            .decode_per_cpu(v, ncpus)
-                            .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?
-                            .into_iter()
-                            .enumerate()
-                            .map(|(c, v)| (Some(c), v))
-                            .collect(),
-                    };
+                let values: Vec<(Option<usize>, &Value)> = match value {
+                    Value::Array(a) if per_cpu => {
+                        a.iter().enumerate().map(|(c, v)| (Some(c), v)).collect()
+                    }
+                    v => vec![(None, v)],
+                };
                 for (cpu, val) in values {
-                    let Some(x) = pick(&val, &m.spec.value_field) else {
+                    let Some(x) = pick(val, &m.spec.value_field) else {
                         continue;
                     };
                     let mut labels = labels.clone();
@@ -1128,11 +1089,6 @@ fn grace_period() {
         // No barrier map (should not happen as root): a generous pause.
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-}
-
-fn decode(l: &super::btf::Layout, v: &[u8]) -> Result<Value, ProbeManagerError> {
-    l.decode(v)
-        .map_err(|e| ProbeManagerError::Kernel(e.to_string()))
 }
 
 /// The number at `path` (dot-separated) of a decoded value; the value
