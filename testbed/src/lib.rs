@@ -34,7 +34,7 @@ pub use capture::{Capture, Captured, Frame, IpInfo, icmp_frame, inject, parse_fr
 pub use daemon::{Daemon, HttpResponse, vtap_bin, wait_until};
 pub use metrics::{Metrics, Sample};
 pub use testbed::{Monitor, Options, Remote, Testbed, Vm};
-pub use traffic::{PingReport, TcpReport, Udp, UdpReport};
+pub use traffic::{PingReport, TcpReport, Udp, UdpFlow, UdpReport};
 
 /// Whether this process runs as root.
 pub fn is_root() -> bool {

@@ -288,6 +288,100 @@ impl Testbed {
     }
 }
 
+/// A bounded, paced UDP flow (64-byte datagrams) from VM `from` to a
+/// receiver bound in VM `to` (so no ICMP port-unreachable comes back), one
+/// datagram every `every`, until [`UdpFlow::stop`] or `max_time`. A sender
+/// that falls behind does not burst to catch up.
+pub struct UdpFlow {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: std::thread::JoinHandle<Result<u64>>,
+    receiver: std::thread::JoinHandle<Result<u64>>,
+}
+
+impl UdpFlow {
+    /// Starts the receiver, then the sender.
+    pub fn start(
+        tb: &Testbed,
+        from: usize,
+        to: usize,
+        port: u16,
+        every: Duration,
+        max_time: Duration,
+    ) -> Result<UdpFlow> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dst = SocketAddr::new(tb.addr(to, false), port);
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + max_time;
+        let max_count = (max_time.as_secs_f64() / every.as_secs_f64()).ceil() as u64 + 1;
+        let (tx, rx) = mpsc::channel();
+        let st = stop.clone();
+        let receiver = spawn_in_netns(&tb.vm(to).ns, move || -> Result<u64> {
+            let s = UdpSocket::bind(dst).with_context(|| format!("bind {dst}"))?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let _ = tx.send(());
+            let mut n = 0;
+            let mut buf = [0u8; 2048];
+            loop {
+                match s.recv(&mut buf) {
+                    Ok(_) => n += 1,
+                    Err(_) if st.load(Ordering::Relaxed) || Instant::now() > deadline => {
+                        return Ok(n);
+                    }
+                    Err(_) => {}
+                }
+            }
+        })?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|_| anyhow!("UDP receiver on {dst} did not start"))?;
+        let st = stop.clone();
+        let sender = spawn_in_netns(&tb.vm(from).ns, move || -> Result<u64> {
+            // Precise pacing: the default 50 µs timer slack would stretch
+            // short sleeps.
+            // SAFETY: prctl on the calling thread with a plain integer.
+            unsafe {
+                libc::prctl(libc::PR_SET_TIMERSLACK, 1u64);
+            }
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(dst)?;
+            let payload = [0x5au8; 64];
+            let mut n = 0u64;
+            let mut next = Instant::now();
+            while !st.load(Ordering::Relaxed) && Instant::now() < deadline && n < max_count {
+                s.send(&payload)?;
+                n += 1;
+                next += every;
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                } else if now - next > Duration::from_millis(50) {
+                    next = now;
+                }
+            }
+            Ok(n)
+        })?;
+        Ok(UdpFlow {
+            stop,
+            sender,
+            receiver,
+        })
+    }
+
+    /// Stops the flow; returns (sent, received).
+    pub fn stop(self) -> Result<(u64, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = self
+            .sender
+            .join()
+            .map_err(|_| anyhow!("UDP sender panicked"))??;
+        let received = self
+            .receiver
+            .join()
+            .map_err(|_| anyhow!("UDP receiver panicked"))??;
+        Ok((sent, received))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

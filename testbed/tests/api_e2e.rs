@@ -22,20 +22,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use vtap_testbed::capture::IPPROTO_UDP;
 use vtap_testbed::cmd::{self, BgProcess};
-use vtap_testbed::netns::{in_netns, spawn_in_netns};
-use vtap_testbed::{Frame, Metrics, Options, Testbed, in_ci, parse_frame, require_root, vtap_bin};
+use vtap_testbed::netns::in_netns;
+use vtap_testbed::{
+    Frame, Metrics, Options, Testbed, UdpFlow, in_ci, parse_frame, require_root, vtap_bin,
+};
 
 // ---------------------------------------------------------------- helpers
 
@@ -268,88 +267,6 @@ fn policy_json(
         p["match"] = json!({"protocol": pr});
     }
     p
-}
-
-/// A bounded, paced UDP flow from VM `from` to a receiver bound in VM `to`
-/// (so no ICMP port-unreachable comes back), until [`UdpFlow::stop`] or
-/// `max_time`.
-struct UdpFlow {
-    stop: Arc<AtomicBool>,
-    sender: JoinHandle<Result<u64>>,
-    receiver: JoinHandle<Result<u64>>,
-}
-
-impl UdpFlow {
-    fn start(
-        tb: &Testbed,
-        from: usize,
-        to: usize,
-        port: u16,
-        every: Duration,
-        max_time: Duration,
-    ) -> Result<UdpFlow> {
-        let dst = SocketAddr::new(tb.addr(to, false), port);
-        let stop = Arc::new(AtomicBool::new(false));
-        let hard_deadline = Instant::now() + max_time;
-        let max_count = (max_time.as_secs_f64() / every.as_secs_f64()).ceil() as u64 + 1;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let st = stop.clone();
-        let receiver = spawn_in_netns(&tb.vm(to).ns, move || -> Result<u64> {
-            let s = UdpSocket::bind(dst).with_context(|| format!("bind {dst}"))?;
-            s.set_read_timeout(Some(Duration::from_millis(200)))?;
-            let _ = tx.send(());
-            let mut n = 0;
-            let mut buf = [0u8; 2048];
-            loop {
-                match s.recv(&mut buf) {
-                    Ok(_) => n += 1,
-                    Err(_) if st.load(Ordering::Relaxed) || Instant::now() > hard_deadline => {
-                        return Ok(n);
-                    }
-                    Err(_) => {}
-                }
-            }
-        })?;
-        rx.recv_timeout(Duration::from_secs(10))
-            .map_err(|_| anyhow!("UDP receiver did not start"))?;
-        let st = stop.clone();
-        let sender = spawn_in_netns(&tb.vm(from).ns, move || -> Result<u64> {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
-            s.connect(dst)?;
-            let payload = [0x5au8; 64];
-            let mut n = 0u64;
-            let mut next = Instant::now();
-            while !st.load(Ordering::Relaxed) && Instant::now() < hard_deadline && n < max_count {
-                s.send(&payload)?;
-                n += 1;
-                next += every;
-                let now = Instant::now();
-                if next > now {
-                    std::thread::sleep(next - now);
-                }
-            }
-            Ok(n)
-        })?;
-        Ok(UdpFlow {
-            stop,
-            sender,
-            receiver,
-        })
-    }
-
-    /// Stops the flow; returns (sent, received).
-    fn stop(self) -> Result<(u64, u64)> {
-        self.stop.store(true, Ordering::Relaxed);
-        let sent = self
-            .sender
-            .join()
-            .map_err(|_| anyhow!("sender panicked"))??;
-        let recv = self
-            .receiver
-            .join()
-            .map_err(|_| anyhow!("receiver panicked"))??;
-        Ok((sent, recv))
-    }
 }
 
 /// Frames of a pcap file with their capture times (ns since the epoch).

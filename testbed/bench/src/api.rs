@@ -32,7 +32,7 @@
 //! update waits at most 2 s for its first copy, wrk has a hard timeout.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 use vtap_testbed::netns::{in_netns, spawn_in_netns};
-use vtap_testbed::{Metrics, Options, Testbed, cmd};
+use vtap_testbed::{Metrics, Options, Testbed, UdpFlow, cmd};
 
 const POLICY: &str = "p";
 const MIRRORED: &str = "vtap_policy_mirrored_packets_total";
@@ -127,85 +127,6 @@ fn policy_body(vlan: u16) -> String {
 }
 
 // ------------------------------------------------------------------ traffic
-
-struct Flow {
-    stop: Arc<AtomicBool>,
-    sender: JoinHandle<Result<u64>>,
-    receiver: JoinHandle<Result<u64>>,
-}
-
-impl Flow {
-    /// Paced UDP from VM 1 to a receiver bound in VM 2, `pps` datagrams/s,
-    /// until stopped or `max` elapsed.
-    fn start(tb: &Testbed, port: u16, pps: u32, max: Duration) -> Result<Flow> {
-        let dst = SocketAddr::new(tb.addr(2, false), port);
-        let stop = Arc::new(AtomicBool::new(false));
-        let deadline = Instant::now() + max;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let st = stop.clone();
-        let receiver = spawn_in_netns(&tb.vm(2).ns, move || -> Result<u64> {
-            let s = UdpSocket::bind(dst)?;
-            s.set_read_timeout(Some(Duration::from_millis(200)))?;
-            let _ = tx.send(());
-            let mut n = 0;
-            let mut buf = [0u8; 2048];
-            loop {
-                match s.recv(&mut buf) {
-                    Ok(_) => n += 1,
-                    Err(_) if st.load(Ordering::Relaxed) || Instant::now() > deadline => {
-                        return Ok(n);
-                    }
-                    Err(_) => {}
-                }
-            }
-        })?;
-        rx.recv_timeout(Duration::from_secs(10))
-            .map_err(|_| anyhow!("UDP receiver did not start"))?;
-        let st = stop.clone();
-        let every = Duration::from_secs_f64(1.0 / pps.max(1) as f64);
-        let sender = spawn_in_netns(&tb.vm(1).ns, move || -> Result<u64> {
-            // SAFETY: prctl on the calling thread with a plain integer.
-            unsafe {
-                libc::prctl(libc::PR_SET_TIMERSLACK, 1u64);
-            }
-            let s = UdpSocket::bind("0.0.0.0:0")?;
-            s.connect(dst)?;
-            let payload = [0x5au8; 64];
-            let mut n = 0u64;
-            let mut next = Instant::now();
-            while !st.load(Ordering::Relaxed) && Instant::now() < deadline {
-                s.send(&payload)?;
-                n += 1;
-                next += every;
-                let now = Instant::now();
-                if next > now {
-                    std::thread::sleep(next - now);
-                } else if now - next > Duration::from_millis(50) {
-                    next = now; // fell behind: do not burst to catch up
-                }
-            }
-            Ok(n)
-        })?;
-        Ok(Flow {
-            stop,
-            sender,
-            receiver,
-        })
-    }
-
-    fn stop(self) -> Result<(u64, u64)> {
-        self.stop.store(true, Ordering::Relaxed);
-        let s = self
-            .sender
-            .join()
-            .map_err(|_| anyhow!("sender panicked"))??;
-        let r = self
-            .receiver
-            .join()
-            .map_err(|_| anyhow!("receiver panicked"))??;
-        Ok((s, r))
-    }
-}
 
 // ------------------------------------------------------------------ monitor
 
@@ -570,7 +491,14 @@ fn main() -> Result<()> {
     if r.status != 201 {
         bail!("creating policy p: {} {}", r.status, r.body);
     }
-    let flow = Flow::start(&tb, 7100, pps, Duration::from_secs(600))?;
+    let flow = UdpFlow::start(
+        &tb,
+        1,
+        2,
+        7100,
+        Duration::from_secs_f64(1.0 / pps.max(1) as f64),
+        Duration::from_secs(600),
+    )?;
     let mon = MonitorReader::start(&tb.monitor(0).ns, &tb.monitor(0).ifname)?;
     std::thread::sleep(Duration::from_millis(300));
 
