@@ -32,6 +32,9 @@ PKGS=(
     netsniff-ng       # trafgen (benchmarks)
     python3           # helper scripts
     systemd           # systemd-analyze verify (deploy/ tests)
+    busybox-static    # initramfs of the testbed's QEMU VMs
+    cpio              # packs that initramfs
+    zstd              # unpacks the guest kernel's modules (.ko.zst)
     pkg-config
     build-essential
 )
@@ -51,6 +54,36 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install "${APT_OPTS[@]}" --no-install-recommends "${missing[@]}"
 else
     echo "install-deps: all packages present"
+fi
+
+# From bookworm-backports (same Debian registry as the machine's sources):
+# QEMU 10 for the testbed's VMs and Suricata 7 for the IDS tests.
+BP_PKGS=(
+    qemu-system-x86   # testbed VMs (TCG)
+    suricata          # IDS on the monitor (testbed, demo --vms)
+)
+bp_missing=()
+for p in "${BP_PKGS[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        bp_missing+=("$p")
+    fi
+done
+if [ "${#bp_missing[@]}" -gt 0 ]; then
+    list=/etc/apt/sources.list.d/vtap-backports.list
+    if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+        if [ -z "$uri" ]; then
+            uri=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+        fi
+        if [ -z "$uri" ]; then
+            echo "install-deps: cannot find the Debian mirror URI to add bookworm-backports" >&2
+            exit 1
+        fi
+        echo "deb $uri bookworm-backports main" >"$list"
+    fi
+    echo "install-deps: installing ${bp_missing[*]} from bookworm-backports"
+    apt-get update -q -o DPkg::Lock::Timeout=600 >/dev/null
+    apt-get install "${APT_OPTS[@]}" --no-install-recommends -t bookworm-backports "${bp_missing[@]}"
 fi
 
 # Cargo must exist (the toolchain is not a Debian package here).

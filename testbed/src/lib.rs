@@ -27,8 +27,10 @@ pub mod cmd;
 pub mod daemon;
 pub mod metrics;
 pub mod netns;
+pub mod suricata;
 pub mod testbed;
 pub mod traffic;
+pub mod vm;
 
 pub use capture::{Capture, Captured, Frame, IpInfo, icmp_frame, inject, parse_frame, read_pcap};
 pub use daemon::{Daemon, HttpResponse, vtap_bin, wait_until};

@@ -1,0 +1,1 @@
+//! Suricata 7 on a monitor interface for the testbed.
