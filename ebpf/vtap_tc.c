@@ -760,11 +760,20 @@ __noinline int vtap_send_output(struct __sk_buff *skb, __u32 gen_dir_o,
 
 	__u32 ifindex = out->ifindex;
 	__u16 vlan = out->vlan;
-	if (out->kind != VTAP_OUT_IFACE || ifindex == 0)
+	__u8 kind = out->kind;
+	if ((kind != VTAP_OUT_IFACE && kind != VTAP_OUT_VXLAN) || ifindex == 0)
 		return VTAP_DROP_OUTPUT_DOWN;
 	if (vlan && bpf_skb_vlan_push(skb, bpf_htons(ETH_P_8021Q), vlan) != 0)
 		return VTAP_DROP_VLAN_FAILED;
+	/* A VXLAN copy names its output in the mark (the clone keeps it); the
+	 * tunnel key is set on the clone alone, by vtap_tunnel_tx, so the
+	 * original never carries tunnel metadata. */
+	__u32 mark = skb->mark;
+	if (kind == VTAP_OUT_VXLAN)
+		skb->mark = VTAP_TUNNEL_MARK | oidx;
 	long r = bpf_clone_redirect(skb, ifindex, 0);
+	if (kind == VTAP_OUT_VXLAN)
+		skb->mark = mark;
 	if (vlan)
 		bpf_skb_vlan_pop(skb);
 	/* < 0: the copy was not made or not handed to the device (-ENETDOWN:
@@ -946,6 +955,41 @@ SEC("classifier")
 int vtap_tc_egress(struct __sk_buff *skb)
 {
 	return vtap_tc(skb, VTAP_DIR_EGRESS);
+}
+
+/* TC egress of vtap's collect-metadata VXLAN device: a copy from
+ * vtap_send_output gets the tunnel key of its output (remote, VNI) and loses
+ * the mark. A packet without vtap's mark passes untouched (the device then
+ * drops it for want of a key, as it would without this program). A marked
+ * copy whose output is gone is dropped here; the tap program sees that as a
+ * queue drop (VTAP_DROP_XMIT_DROPPED). */
+SEC("classifier")
+int vtap_tunnel_tx(struct __sk_buff *skb)
+{
+	__u32 mark = skb->mark;
+	if ((mark & VTAP_TUNNEL_MARK_MASK) != VTAP_TUNNEL_MARK)
+		return TC_ACT_UNSPEC;
+	__u32 oidx = mark & (2 * VTAP_MAX_OUTPUTS - 1);
+	skb->mark = 0;
+	struct vtap_output *out = bpf_map_lookup_elem(&vtap_outputs, &oidx);
+	if (!out || out->kind != VTAP_OUT_VXLAN)
+		return TC_ACT_SHOT;
+	struct bpf_tunnel_key key = {};
+	__u64 flags = 0;
+	key.tunnel_id = out->vni;
+	key.tunnel_ttl = 64;
+	if (out->flags & VTAP_OUTF_REMOTE6) {
+		key.remote_ipv6[0] = out->remote[0];
+		key.remote_ipv6[1] = out->remote[1];
+		key.remote_ipv6[2] = out->remote[2];
+		key.remote_ipv6[3] = out->remote[3];
+		flags = BPF_F_TUNINFO_IPV6;
+	} else {
+		key.remote_ipv4 = out->remote[0];
+	}
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), flags) != 0)
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
 }
 
 /* XDP mode (ingress only: packets from the VM, before any skb exists):

@@ -84,7 +84,20 @@ enum vtap_output_kind {
 	VTAP_OUT_NONE = 0,
 	VTAP_OUT_IFACE = 1, /* clone-redirect to ifindex, optional 802.1Q tag */
 	VTAP_OUT_PCAP = 2, /* a record in vtap_pcap_ring (a pcap capture) */
+	VTAP_OUT_VXLAN = 3, /* clone-redirect to vtap's collect-metadata VXLAN device
+			     * (ifindex), tunnel key set there by vtap_tunnel_tx */
 };
+
+/* Output flags (vtap_output.flags). */
+enum vtap_output_flags {
+	VTAP_OUTF_REMOTE6 = 1, /* VXLAN: remote is IPv6 (else IPv4 in remote[0]) */
+};
+
+/* A VXLAN copy carries its output in skb->mark from the tap program to
+ * vtap_tunnel_tx on the VXLAN device: VTAP_TUNNEL_MARK | gen * MAX_OUTPUTS + id.
+ * The original packet's mark is restored right after the clone. */
+#define VTAP_TUNNEL_MARK 0x76740000u /* "vt" */
+#define VTAP_TUNNEL_MARK_MASK 0xffff0000u
 
 /* Parse flags (vtap_parse.flags). */
 enum vtap_parse_flags {
@@ -252,12 +265,14 @@ struct vtap_output {
 	__u32 ifindex; /* 0 = the interface does not exist now */
 	__u16 vlan; /* 802.1Q VID to push, 0 = none */
 	__u8 kind; /* enum vtap_output_kind */
-	__u8 _pad;
+	__u8 flags; /* enum vtap_output_flags */
 	__u32 snaplen; /* pcap: bytes to keep, 1..VTAP_PCAP_MAX_CAPLEN */
-	__u32 _pad2;
+	__u32 vni; /* VXLAN: the VNI (24 bits) */
 	struct vtap_bitmap policies; /* pcap: the policies naming this capture */
+	__u32 remote[4]; /* VXLAN: remote address, host byte order per word
+			  * (IPv4: remote[0]), as struct bpf_tunnel_key wants */
 };
-_Static_assert(sizeof(struct vtap_output) == 48, "vtap_output size");
+_Static_assert(sizeof(struct vtap_output) == 64, "vtap_output size");
 
 /* One record of vtap_pcap_ring (BPF_MAP_TYPE_RINGBUF), followed by cap_len
  * packet bytes (the reservation is rounded up to a size class). */

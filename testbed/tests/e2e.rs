@@ -775,6 +775,97 @@ fn vxlan_remote_mirror() {
     );
 }
 
+/// (g2) `vxlan: {remote, vni}` outputs: vtap makes its own collect-metadata
+/// VXLAN device and sets each copy's tunnel key (remote, VNI) on the copy
+/// alone. The remote's VXLAN device (VNI 4242) decapsulates the copies of
+/// the 4242 output with their inner VLAN tag; the underlay shows both VNIs;
+/// the VMs' packets carry no tunnel metadata (the ping replies come back and
+/// nothing else leaves through the underlay); the device goes away with the
+/// last vxlan output.
+#[test]
+fn vxlan_output_sets_the_tunnel_key_per_policy() {
+    const N: u32 = 10;
+    let Some(tb) = testbed(
+        "vxlan_output_sets_the_tunnel_key_per_policy",
+        Options::default().vms(2).remote(4242),
+    ) else {
+        return;
+    };
+    let r = tb.remote().clone();
+    let remote_ip = "192.168.77.2";
+    // The host's own VNI-4242 device holds UDP 4789 in a mode (not
+    // collect-metadata) that vtap's device cannot share: remove it.
+    vtap_testbed::cmd::ip(Some(&tb.host_ns), &["link", "del", &r.vxlan]).unwrap();
+    let p = |name: &str, m: &str, vni: u32, vlan: u16| {
+        format!(
+            "version: 1\nname: {name}\ntaps: [vm1-tap]\ndirection: ingress\nmatch:\n  {m}\noutputs:\n  - vxlan: {{remote: {remote_ip}, vni: {vni}}}\n    vlan: {vlan}\n"
+        )
+    };
+    let d = tb
+        .start_daemon(&[
+            ("a.yaml", &p("icmp-a", "protocol: icmp", 4242, 310)),
+            ("b.yaml", &p("icmp-b", "protocol: icmp", 777, 320)),
+        ])
+        .expect("daemon");
+    let inner = tb.capture_remote().unwrap();
+    let underlay = tb.capture(&r.ns, "ul0").unwrap();
+    assert_eq!(tb.ping(1, 2, N, false).unwrap().received, N);
+    let got = inner.stop().unwrap();
+    let ul = underlay.stop().unwrap();
+    let ctx = format!("{}{}", context(&d, &got), ul.dump());
+    // The remote's VNI-4242 device decapsulates the 4242 copies only.
+    assert_eq!(got.frames.len(), N as usize, "{ctx}");
+    assert!(
+        got.frames
+            .iter()
+            .all(|f| f.vids == vec![310] && echo(f, ip(&tb, 1), ip(&tb, 2), 8)),
+        "{ctx}"
+    );
+    // The underlay: N copies per VNI, nothing else (the VMs' own packets
+    // did not follow the copies into the tunnel).
+    let vni = |v: u32| {
+        ul.filter(|f| {
+            f.ip.as_ref()
+                .is_some_and(|i| i.dport == Some(4789) && i.vxlan_vni == Some(v))
+        })
+        .len()
+    };
+    assert_eq!(vni(4242), N as usize, "{ctx}");
+    assert_eq!(vni(777), N as usize, "{ctx}");
+    assert_eq!(ul.frames.len(), 2 * N as usize, "{ctx}");
+    let m = d.metrics().unwrap();
+    let label_a = format!("vxlan:{remote_ip}/4242.310");
+    assert_eq!(
+        counter(&m, MIRRORED, &[("policy", "icmp-a"), ("output", &label_a)]),
+        N as f64,
+        "{ctx}"
+    );
+    let dev = || {
+        vtap_testbed::cmd::ip(Some(&tb.host_ns), &["-d", "link", "show", "vtap-vxlan"])
+            .map(|o| o.stdout)
+            .unwrap_or_default()
+    };
+    assert!(dev().contains("vxlan external"), "{}", dev());
+    // Bad input changes nothing: a multicast remote is refused by the API.
+    let bad = serde_json::json!({"version": 1, "name": "bad", "taps": ["vm1-tap"],
+        "outputs": [{"vxlan": {"remote": "239.1.1.1", "vni": 1}}]});
+    let resp = d
+        .request("PUT", "/api/v1/policies/bad", Some(&bad.to_string()))
+        .unwrap();
+    assert!(resp.status == 400 || resp.status == 422, "{resp:?}");
+    assert!(resp.body.contains("unicast"), "{resp:?}");
+    // The last vxlan output gone: the device is deleted.
+    d.write_policies(&[]).unwrap();
+    d.reload().unwrap();
+    assert!(
+        vtap_testbed::wait_until(Duration::from_secs(5), || dev().is_empty()),
+        "vtap-vxlan still there: {}\n{}",
+        dev(),
+        d.log()
+    );
+    d.stop().expect("daemon exits 0");
+}
+
 /// (h) An invalid policy directory at start-up is fatal: the daemon exits
 /// non-zero (it does not run with a partial set) and names the bad file.
 #[test]

@@ -116,7 +116,19 @@ pub mod output_kind {
     pub const NONE: u8 = 0;
     pub const IFACE: u8 = 1;
     pub const PCAP: u8 = 2;
+    pub const VXLAN: u8 = 3;
 }
+
+/// Output flags (`enum vtap_output_flags`).
+#[allow(missing_docs)]
+pub mod output_flags {
+    pub const REMOTE6: u8 = 1;
+}
+
+/// A VXLAN copy's mark: `TUNNEL_MARK | gen * MAX_OUTPUTS + id`.
+pub const TUNNEL_MARK: u32 = 0x7674_0000;
+/// The bits of [`TUNNEL_MARK`].
+pub const TUNNEL_MARK_MASK: u32 = 0xffff_0000;
 
 /// Parse flags (`enum vtap_parse_flags`).
 #[allow(missing_docs)]
@@ -401,14 +413,17 @@ pub struct Output {
     pub vlan: u16,
     /// [`output_kind`].
     pub kind: u8,
-    /// Zero.
-    pub _pad: u8,
+    /// [`output_flags`].
+    pub flags: u8,
     /// Pcap: bytes to keep, 1..=[`PCAP_MAX_CAPLEN`].
     pub snaplen: u32,
-    /// Zero.
-    pub _pad2: u32,
+    /// VXLAN: the VNI.
+    pub vni: u32,
     /// Pcap: the enabled policies naming this capture.
     pub policies: Bitmap,
+    /// VXLAN: the remote address, host byte order per 32-bit word (IPv4 in
+    /// word 0), as `struct bpf_tunnel_key` takes it.
+    pub remote: [u32; 4],
 }
 
 /// `struct vtap_pcap_rec`: header of one ring-buffer record; `cap_len`
@@ -635,7 +650,7 @@ pub fn layouts() -> Vec<Layout> {
         l!(
             "vtap_output",
             Output,
-            [ifindex, vlan, kind, _pad, snaplen, _pad2, policies]
+            [ifindex, vlan, kind, flags, snaplen, vni, policies, remote]
         ),
         l!(
             "vtap_pcap_rec",

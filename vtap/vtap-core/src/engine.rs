@@ -115,13 +115,7 @@ pub struct Snapshot {
 
 /// The label of an output in metrics and logs.
 pub fn output_label(k: &OutputKey) -> String {
-    if let Some(c) = &k.capture {
-        format!("pcap:{c}")
-    } else if k.vlan == 0 {
-        k.interface.clone()
-    } else {
-        format!("{}.{}", k.interface, k.vlan)
-    }
+    k.to_string()
 }
 
 /// See the module docs.
@@ -143,6 +137,14 @@ pub struct Engine {
     captures: Option<std::sync::Arc<Captures>>,
     /// Interfaces (globs) attached in XDP mode.
     xdp_taps: Vec<glob::Pattern>,
+    /// UDP port of the VXLAN device of `vxlan:` outputs.
+    tunnel_port: u16,
+    /// Whether this engine created that device (and deletes it).
+    tunnel_created: bool,
+    /// The last error creating it (reported once per change).
+    tunnel_error: Option<String>,
+    /// Adaptive mirroring: the `when:` conditions of the running set.
+    conditions: crate::policy::when::Conditions,
 }
 
 impl Engine {
@@ -165,6 +167,10 @@ impl Engine {
             explicit: BTreeMap::new(),
             captures: None,
             xdp_taps: Vec::new(),
+            tunnel_port: crate::tunnel::DEFAULT_PORT,
+            tunnel_created: false,
+            tunnel_error: None,
+            conditions: Default::default(),
         })
     }
 
@@ -248,8 +254,20 @@ impl Engine {
             return Err(EngineError::Invalid(errors));
         }
         let (assignment, fresh_slots, fresh_outputs) = allocate(&self.assignment, &policies)?;
+        // A policy with a `when:` condition is compiled enabled only while
+        // its condition is active (a changed condition starts inactive).
+        let effective: Vec<Policy> = policies
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                if let Some(w) = &p.when {
+                    p.enabled &= self.conditions.would_be_active(&p.name, w);
+                }
+                p
+            })
+            .collect();
         let compiled =
-            compile(&policies, &assignment).map_err(|e| EngineError::Compile(e.to_string()))?;
+            compile(&effective, &assignment).map_err(|e| EngineError::Compile(e.to_string()))?;
         // New slots and ids are not used by the running generation: zero
         // their counters before any packet can reach them.
         for &slot in &fresh_slots {
@@ -279,10 +297,46 @@ impl Engine {
                 .map_err(EngineError::Capture)?;
         }
         self.activate(&compiled, links)?;
+        self.conditions.sync(
+            policies
+                .iter()
+                .filter_map(|p| p.when.as_ref().map(|w| (p.name.as_str(), w))),
+        );
         self.policies = policies;
         self.assignment = assignment;
         self.compiled = Some(compiled);
         Ok(())
+    }
+
+    /// The `when:` conditions of the running set.
+    pub fn conditions(&self) -> &crate::policy::when::Conditions {
+        &self.conditions
+    }
+
+    /// Evaluates the `when:` conditions with the probes' samples; when a
+    /// policy's activation changes, the set is recompiled and flipped in
+    /// atomically. Returns the changes (already logged).
+    pub fn evaluate_conditions(
+        &mut self,
+        now: std::time::Instant,
+        samples: &BTreeMap<String, Vec<crate::probes::manager::Sample>>,
+    ) -> Result<Vec<crate::policy::when::Change>, EngineError> {
+        let changes = self.conditions.evaluate(now, samples);
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        for c in &changes {
+            let value = c.value.map(|v| format!("{v:.1}")).unwrap_or_default();
+            if c.active {
+                tracing::info!(policy = %c.policy, condition = %c.condition, value = %value, "condition holds: policy activated");
+            } else {
+                tracing::info!(policy = %c.policy, condition = %c.condition, value = %value, "condition no longer holds: policy deactivated");
+            }
+        }
+        let policies = self.policies.clone();
+        let links = self.links.clone();
+        self.apply(policies, &links)?;
+        Ok(changes)
     }
 
     /// Re-resolves the running set against `links` (interfaces appeared,
@@ -328,13 +382,96 @@ impl Engine {
         r
     }
 
-    /// Detaches from every interface.
+    /// Detaches from every interface (and deletes vtap's VXLAN device).
     pub fn shutdown(&mut self) {
         self.dp.detach_all();
         self.taps.clear();
+        if self.tunnel_created {
+            if let Err(e) = crate::tunnel::delete_device() {
+                tracing::warn!(error = %e, "deleting the VXLAN device");
+            }
+            self.tunnel_created = false;
+        }
+    }
+
+    /// The UDP destination port of `vxlan:` outputs (takes effect when the
+    /// VXLAN device is next created).
+    pub fn set_tunnel_port(&mut self, port: u16) {
+        self.tunnel_port = port;
+    }
+
+    /// Why vtap's VXLAN device could not be made, if it could not.
+    pub fn tunnel_error(&self) -> Option<&str> {
+        self.tunnel_error.as_deref()
+    }
+
+    /// Keeps vtap's VXLAN device and its program in step with the set: made
+    /// (and the links re-read) when some `vxlan:` output exists, deleted
+    /// when none does. Failures leave the outputs unresolved (their copies
+    /// count as output_down) and are logged once.
+    fn sync_tunnel(&mut self, compiled: &CompiledSet, links: &Links) -> Option<Links> {
+        use crate::tunnel;
+        // Only enabled policies' outputs need the device.
+        let wanted = compiled
+            .actions
+            .iter()
+            .filter(|(slot, _)| compiled.enabled.test(**slot as usize))
+            .flat_map(|(_, ids)| ids)
+            .any(|id| compiled.outputs.get(id).is_some_and(|k| k.vxlan.is_some()));
+        if !wanted {
+            if self.tunnel_created || self.dp.tunnel_ifindex().is_some() {
+                self.dp.detach_tunnel();
+                if self.tunnel_created {
+                    match tunnel::delete_device() {
+                        Ok(()) => tracing::info!(
+                            device = tunnel::DEVICE,
+                            "no vxlan output left; VXLAN device deleted"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "deleting the VXLAN device"),
+                    }
+                    self.tunnel_created = false;
+                    return crate::netlink::list_links_blocking().ok();
+                }
+            }
+            return None;
+        }
+        let mut fresh = None;
+        let ok = match links.get(tunnel::DEVICE) {
+            Some(l) if l.up && self.dp.tunnel_ifindex() == Some(l.ifindex) => return None,
+            _ => match tunnel::ensure_device(self.tunnel_port) {
+                Ok(ifindex) => {
+                    if !self.tunnel_created {
+                        tracing::info!(
+                            device = tunnel::DEVICE,
+                            ifindex,
+                            port = self.tunnel_port,
+                            "VXLAN device for vxlan outputs ready"
+                        );
+                    }
+                    self.tunnel_created = true;
+                    fresh = crate::netlink::list_links_blocking().ok();
+                    self.dp
+                        .attach_tunnel(tunnel::DEVICE, ifindex)
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match ok {
+            Ok(()) => self.tunnel_error = None,
+            Err(e) => {
+                if self.tunnel_error.as_deref() != Some(&e) {
+                    tracing::error!(error = %e, "vxlan outputs: the VXLAN device is not usable; their copies count as output_down");
+                }
+                self.tunnel_error = Some(e);
+            }
+        }
+        fresh
     }
 
     fn activate(&mut self, compiled: &CompiledSet, links: &Links) -> Result<(), EngineError> {
+        let fresh = self.sync_tunnel(compiled, links);
+        let links = fresh.as_ref().unwrap_or(links);
         // Which interfaces and directions the policies select.
         let mut wanted: BTreeMap<String, BTreeSet<Dir>> = BTreeMap::new();
         for name in links.keys() {
@@ -774,7 +911,7 @@ pub fn resolve_with(
             };
             continue;
         }
-        img.outputs[id as usize] = Output {
+        let mut out = Output {
             // A missing or down output: 0, counted as output_down.
             ifindex: links
                 .get(&key.interface)
@@ -784,6 +921,21 @@ pub fn resolve_with(
             kind: output_kind::IFACE,
             ..Output::default()
         };
+        if let Some(x) = &key.vxlan {
+            out.kind = output_kind::VXLAN;
+            out.vni = x.vni;
+            match x.remote {
+                std::net::IpAddr::V4(a) => out.remote[0] = u32::from(a),
+                std::net::IpAddr::V6(a) => {
+                    out.flags = vtap_abi::output_flags::REMOTE6;
+                    let o = a.octets();
+                    for (w, c) in out.remote.iter_mut().zip(o.chunks_exact(4)) {
+                        *w = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+                    }
+                }
+            }
+        }
+        img.outputs[id as usize] = out;
     }
     let _ = (Bitmap::EMPTY, NO_OUTPUT);
     img

@@ -16,3 +16,4 @@ pub mod netlink;
 pub mod policy;
 pub mod probes;
 pub mod store;
+pub mod tunnel;

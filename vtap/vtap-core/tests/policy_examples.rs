@@ -21,15 +21,27 @@ fn set() -> Vec<Policy> {
 #[test]
 fn directory_is_a_valid_set() {
     let ps = set();
-    assert!((4..=7).contains(&ps.len()), "{} policies", ps.len());
+    assert!((4..=8).contains(&ps.len()), "{} policies", ps.len());
     assert!(ps.iter().any(|p| !p.enabled), "one example is disabled");
     let a = Assignment::assign(&ps, &Assignment::default()).unwrap();
     let c = compile(&ps, &a).unwrap();
-    assert!(
-        c.outputs
-            .values()
-            .all(|o| o.interface == "mon0" || o.capture.as_deref() == Some("web"))
-    );
+    assert!(c.outputs.values().all(|o| o.interface == "mon0"
+        || o.capture.as_deref() == Some("web")
+        || o.vxlan.is_some()));
+    // The remote (documentation address) example stays disabled: the demo
+    // and tests load this directory and must send nothing off the testbed.
+    for p in &ps {
+        if p.outputs
+            .iter()
+            .any(|o| o.key().is_some_and(|k| k.vxlan.is_some()))
+        {
+            assert!(
+                !p.enabled,
+                "{} sends to a remote VTEP and must be disabled",
+                p.name
+            );
+        }
+    }
     assert_eq!(c.pcap.len(), 1, "one capture");
 }
 

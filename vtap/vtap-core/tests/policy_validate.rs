@@ -586,3 +586,75 @@ fn set_mirror_loop() {
         ]
     );
 }
+
+#[test]
+fn vxlan_outputs() {
+    use vtap_core::policy::compile::OutputKey;
+    let p = with(
+        "outputs",
+        "[{vxlan: {remote: 192.0.2.7, vni: 42}, vlan: 60}, {vxlan: {remote: \"2001:db8::7\", vni: 16777215}}]",
+    );
+    expect(&p, &[]);
+    assert_eq!(
+        p.outputs[0].key().unwrap(),
+        OutputKey::vxlan("192.0.2.7".parse().unwrap(), 42, 60)
+    );
+    assert_eq!(
+        p.outputs[0].key().unwrap().to_string(),
+        "vxlan:192.0.2.7/42.60"
+    );
+    // VNI is 24 bits; the remote is one unicast VTEP; VLAN 1..4094.
+    let e = expect(
+        &with("outputs", "[{vxlan: {remote: 192.0.2.7, vni: 16777216}}]"),
+        &["outputs[0].vxlan.vni"],
+    );
+    msg_contains(&e, 0, "24 bits");
+    for bad in [
+        "0.0.0.0",
+        "239.1.2.3",
+        "255.255.255.255",
+        "\"ff02::1\"",
+        "\"::\"",
+    ] {
+        let e = expect(
+            &with(
+                "outputs",
+                &format!("[{{vxlan: {{remote: {bad}, vni: 1}}}}]"),
+            ),
+            &["outputs[0].vxlan.remote"],
+        );
+        msg_contains(&e, 0, "unicast");
+    }
+    expect(
+        &with(
+            "outputs",
+            "[{vxlan: {remote: 192.0.2.7, vni: 1}, vlan: 4095}]",
+        ),
+        &["outputs[0].vlan"],
+    );
+    // The same remote, VNI and VLAN twice: one copy per output.
+    let e = expect(
+        &with(
+            "outputs",
+            "[{vxlan: {remote: 192.0.2.7, vni: 1}}, {vxlan: {remote: 192.0.2.7, vni: 1}}]",
+        ),
+        &["outputs[1]"],
+    );
+    msg_contains(&e, 0, "duplicate of outputs[0]");
+    // vtap's own device is not an interface output.
+    let e = expect(
+        &with("outputs", "[{interface: vtap-vxlan}]"),
+        &["outputs[0].interface"],
+    );
+    msg_contains(&e, 0, "vxlan:");
+    // Unknown keys, a missing VNI and mixed kinds are parse errors.
+    for bad in [
+        "[{vxlan: {remote: 192.0.2.7, vni: 1, port: 1}}]",
+        "[{vxlan: {remote: 192.0.2.7}}]",
+        "[{vxlan: {remote: 192.0.2.7, vni: 1}, interface: mon0}]",
+        "[{vxlan: {remote: not-an-ip, vni: 1}}]",
+    ] {
+        let text = format!("version: 1\nname: p\ntaps: [vm1-tap]\noutputs: {bad}\n");
+        assert!(parse_str(&text, "t.yaml").is_err(), "{bad} parsed");
+    }
+}

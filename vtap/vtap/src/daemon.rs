@@ -30,7 +30,7 @@ pub struct DaemonArgs {
     /// Daemon configuration file (YAML: listen, policies, state_dir,
     /// token_file, public_read, insecure, body_limit, request_timeout_ms,
     /// refresh_ms, log_format, capture_ring_mib, capture_defaults, captures,
-    /// xdp_taps).
+    /// xdp_taps, vxlan_port).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Address of the REST API and /metrics [default: 127.0.0.1:7470].
@@ -68,6 +68,10 @@ pub struct DaemonArgs {
     /// lowest cost; copies to interfaces are not possible there.
     #[arg(long = "xdp-tap", value_name = "GLOB")]
     pub xdp_taps: Vec<String>,
+    /// UDP destination port of `vxlan:` outputs (vtap's VXLAN device)
+    /// [default: 4789].
+    #[arg(long)]
+    pub vxlan_port: Option<u16>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -88,6 +92,7 @@ struct ConfigFile {
     capture_ring_mib: Option<u32>,
     #[serde(default)]
     xdp_taps: Vec<String>,
+    vxlan_port: Option<u16>,
     /// Settings of captures created by a policy that names them.
     #[serde(default)]
     capture_defaults: CaptureConfig,
@@ -112,6 +117,7 @@ pub struct Config {
     pub capture_defaults: CaptureConfig,
     pub captures: BTreeMap<String, CaptureConfig>,
     pub xdp_taps: Vec<glob::Pattern>,
+    pub vxlan_port: u16,
 }
 
 fn config(args: &DaemonArgs) -> anyhow::Result<Config> {
@@ -179,6 +185,13 @@ fn config(args: &DaemonArgs) -> anyhow::Result<Config> {
             .map_err(|e| anyhow::anyhow!("xdp tap {t:?}: {e}"))?;
         xdp_taps.push(glob::Pattern::new(t).map_err(|e| anyhow::anyhow!("xdp tap {t:?}: {e}"))?);
     }
+    let vxlan_port = args
+        .vxlan_port
+        .or(file.vxlan_port)
+        .unwrap_or(vtap_core::tunnel::DEFAULT_PORT);
+    if vxlan_port == 0 {
+        anyhow::bail!("vxlan_port must be 1..65535");
+    }
     let body_limit = args.body_limit.or(file.body_limit).unwrap_or(1 << 20);
     if body_limit < 1024 {
         anyhow::bail!("body_limit must be at least 1024 bytes");
@@ -205,6 +218,7 @@ fn config(args: &DaemonArgs) -> anyhow::Result<Config> {
         capture_defaults: file.capture_defaults,
         captures: file.captures,
         xdp_taps,
+        vxlan_port,
     })
 }
 
@@ -360,6 +374,7 @@ pub async fn build_state(cfg: &Config) -> anyhow::Result<AppState> {
     };
     let caps = captures.clone();
     let xdp_taps = cfg.xdp_taps.clone();
+    let vxlan_port = cfg.vxlan_port;
     let state_dir = cfg.state_dir.clone();
     let (engine, reader, pin) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut engine = Engine::with_options(opts)?;
@@ -374,6 +389,7 @@ pub async fn build_state(cfg: &Config) -> anyhow::Result<AppState> {
             }
         };
         engine.set_xdp_taps(xdp_taps);
+        engine.set_tunnel_port(vxlan_port);
         engine.set_captures(caps.clone());
         let ring = engine
             .take_pcap_ring()
@@ -438,6 +454,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .into_future(),
     );
     let refresher = tokio::spawn(refresh_loop(state.clone(), cfg.refresh, stop_rx.clone()));
+    let adaptive = tokio::spawn(adaptive_loop(state.clone(), stop_rx.clone()));
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -458,6 +475,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::warn!("requests still running after 5 s; detaching anyway");
     }
     let _ = refresher.await;
+    let _ = adaptive.await;
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
         st.core
@@ -517,6 +535,45 @@ async fn reload(state: &AppState, dir: PathBuf) {
         tracing::error!(error = %e, "reload task failed");
     }
     state.update_ready();
+}
+
+/// Adaptive mirroring: evaluates the policies' `when:` conditions from the
+/// probes' samples every `EVAL_PERIOD`; the engine flips a policy in or out
+/// when its condition changes.
+async fn adaptive_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(vtap_core::policy::when::EVAL_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let st = state.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let probes = {
+                let c = st.core.lock().unwrap_or_else(|p| p.into_inner());
+                if c.engine.conditions().is_empty() {
+                    return Ok(());
+                }
+                c.engine.conditions().probes()
+            };
+            let samples = st
+                .probes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .samples_of(&probes);
+            st.core
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .engine
+                .evaluate_conditions(std::time::Instant::now(), &samples)
+                .map(|_| ())
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            log_engine_error("adaptive mirroring: applying a condition change failed", &e);
+        }
+    }
 }
 
 async fn refresh_loop(

@@ -29,6 +29,8 @@ pub const PROG_INGRESS: &str = "vtap_tc_ingress";
 pub const PROG_EGRESS: &str = "vtap_tc_egress";
 /// The XDP program (ingress only: counting and pcap captures).
 pub const PROG_XDP: &str = "vtap_xdp_ingress";
+/// TC egress of vtap's VXLAN device: sets the tunnel key of `vxlan:` copies.
+pub const PROG_TUNNEL: &str = "vtap_tunnel_tx";
 
 /// A live attachment.
 enum LinkId {
@@ -199,6 +201,8 @@ pub struct Datapath {
     pub ncpus: usize,
     barrier: sys::RcuBarrier,
     links: BTreeMap<(String, Dir), LinkId>,
+    /// `vtap_tunnel_tx` on the VXLAN device: (ifindex, link).
+    tunnel: Option<(u32, SchedClassifierLinkId)>,
     pcap_ring: Option<RingBuf<MapData>>,
     /// `vtap_global.flags` (kept across generation flips).
     flags: std::sync::atomic::AtomicU32,
@@ -232,7 +236,7 @@ impl Datapath {
             .map_max_entries("vtap_pcap_ring", opts.pcap_ring_bytes)
             .load(TC_OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
-        for name in [PROG_INGRESS, PROG_EGRESS] {
+        for name in [PROG_INGRESS, PROG_EGRESS, PROG_TUNNEL] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(DatapathError::MissingMap(name))?
@@ -312,6 +316,7 @@ impl Datapath {
             ncpus,
             barrier,
             links: BTreeMap::new(),
+            tunnel: None,
             pcap_ring: Some(pcap_ring),
             flags: std::sync::atomic::AtomicU32::new(0),
         };
@@ -475,8 +480,53 @@ impl Datapath {
         self.links.keys()
     }
 
+    /// Attaches `vtap_tunnel_tx` to the egress of vtap's VXLAN device
+    /// `iface` (index `ifindex`); a link to an older index is replaced.
+    pub fn attach_tunnel(&mut self, iface: &str, ifindex: u32) -> Result<(), DatapathError> {
+        if matches!(self.tunnel, Some((i, _)) if i == ifindex) {
+            return Ok(());
+        }
+        self.detach_tunnel();
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(PROG_TUNNEL)
+            .ok_or(DatapathError::MissingMap(PROG_TUNNEL))?
+            .try_into()
+            .map_err(|e| DatapathError::Program {
+                program: PROG_TUNNEL,
+                source: Box::new(e),
+            })?;
+        let link = prog
+            .attach(iface, TcAttachType::Egress)
+            .map_err(|e| DatapathError::Attach {
+                iface: iface.to_string(),
+                dir: "egress (tunnel)",
+                source: Box::new(e),
+            })?;
+        self.tunnel = Some((ifindex, link));
+        Ok(())
+    }
+
+    /// The index of the VXLAN device `vtap_tunnel_tx` is attached to.
+    pub fn tunnel_ifindex(&self) -> Option<u32> {
+        self.tunnel.as_ref().map(|(i, _)| *i)
+    }
+
+    /// Detaches `vtap_tunnel_tx` (a link whose device is gone is already
+    /// detached by the kernel).
+    pub fn detach_tunnel(&mut self) {
+        if let Some((_, link)) = self.tunnel.take()
+            && let Some(p) = self.ebpf.program_mut(PROG_TUNNEL)
+            && let Ok(p) = <&mut SchedClassifier>::try_from(p)
+            && let Err(e) = p.detach(link)
+        {
+            tracing::debug!(error = %e, "detach tunnel program");
+        }
+    }
+
     /// Detaches everything.
     pub fn detach_all(&mut self) {
+        self.detach_tunnel();
         let keys: Vec<(String, Dir)> = self.links.keys().cloned().collect();
         for (n, d) in keys {
             let _ = self.detach(&n, d);

@@ -48,7 +48,8 @@ use super::shaping::Shaping;
 use super::validate::{FieldError, validate_set};
 
 /// An output as the datapath knows it: an interface and the VLAN id to push,
-/// or (with `capture` set, `interface` empty) a pcap capture.
+/// or (with `capture` set, `interface` empty) a pcap capture, or (with
+/// `vxlan` set, `interface` = vtap's VXLAN device) a remote VXLAN endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct OutputKey {
     /// Interface name (empty for a capture).
@@ -58,6 +59,18 @@ pub struct OutputKey {
     /// The capture's name, for a pcap output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capture: Option<String>,
+    /// The remote end, for a VXLAN output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vxlan: Option<VxlanKey>,
+}
+
+/// The remote end of a VXLAN output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct VxlanKey {
+    /// Remote VTEP.
+    pub remote: std::net::IpAddr,
+    /// VNI.
+    pub vni: u32,
 }
 
 impl OutputKey {
@@ -67,6 +80,17 @@ impl OutputKey {
             interface: interface.into(),
             vlan,
             capture: None,
+            vxlan: None,
+        }
+    }
+
+    /// A VXLAN output (through [`crate::tunnel::DEVICE`]).
+    pub fn vxlan(remote: std::net::IpAddr, vni: u32, vlan: u16) -> OutputKey {
+        OutputKey {
+            interface: crate::tunnel::DEVICE.into(),
+            vlan,
+            capture: None,
+            vxlan: Some(VxlanKey { remote, vni }),
         }
     }
 
@@ -76,6 +100,7 @@ impl OutputKey {
             interface: String::new(),
             vlan: 0,
             capture: Some(capture.into()),
+            vxlan: None,
         }
     }
 }
@@ -84,6 +109,11 @@ impl fmt::Display for OutputKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(c) = &self.capture {
             write!(f, "pcap:{c}")
+        } else if let Some(x) = &self.vxlan {
+            match self.vlan {
+                0 => write!(f, "vxlan:{}/{}", x.remote, x.vni),
+                v => write!(f, "vxlan:{}/{}.{v}", x.remote, x.vni),
+            }
         } else if self.vlan == 0 {
             write!(f, "{}", self.interface)
         } else {
@@ -273,7 +303,7 @@ pub enum CompileError {
     #[error("output {output}: id {id} is outside 0..{}", MAX_OUTPUTS - 1)]
     OutputIdOutOfRange {
         /// The output.
-        output: OutputKey,
+        output: Box<OutputKey>,
         /// Its id.
         id: u8,
     },
@@ -283,9 +313,9 @@ pub enum CompileError {
         /// The id.
         id: u8,
         /// One output.
-        a: OutputKey,
+        a: Box<OutputKey>,
         /// The other.
-        b: OutputKey,
+        b: Box<OutputKey>,
     },
     /// More policies than slots.
     #[error("{0} policies, at most {MAX_POLICIES}")]
@@ -424,7 +454,10 @@ pub fn compile(policies: &[Policy], a: &Assignment) -> Result<CompiledSet, Compi
                     output: k.clone(),
                 })?;
             if id as usize >= MAX_OUTPUTS {
-                return Err(CompileError::OutputIdOutOfRange { output: k, id });
+                return Err(CompileError::OutputIdOutOfRange {
+                    output: Box::new(k),
+                    id,
+                });
             }
             if k.capture.is_some() {
                 let e = pcap.entry(id).or_default();
@@ -441,8 +474,8 @@ pub fn compile(policies: &[Policy], a: &Assignment) -> Result<CompiledSet, Compi
                 Some(other) if *other != k => {
                     return Err(CompileError::OutputIdShared {
                         id,
-                        a: other.clone(),
-                        b: k,
+                        a: Box::new(other.clone()),
+                        b: Box::new(k),
                     });
                 }
                 _ => {
@@ -706,6 +739,8 @@ impl CompiledSet {
                     .map(|(id, k)| {
                         if let Some(c) = &k.capture {
                             format!("{id}: pcap {c}")
+                        } else if let Some(x) = &k.vxlan {
+                            format!("{id}: vxlan {} vni {} vlan {}", x.remote, x.vni, k.vlan)
                         } else if k.vlan == 0 {
                             format!("{id}: {} untagged", k.interface)
                         } else {

@@ -82,6 +82,10 @@ pub struct Policy {
     /// Where copies go (required, 1..=8 entries).
     #[serde(default)]
     pub outputs: Vec<Output>,
+    /// Adaptive mirroring: in effect only while this probe condition holds
+    /// (see [`super::when`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<super::when::When>,
 }
 
 impl Policy {
@@ -397,8 +401,9 @@ impl<'de> Deserialize<'de> for PortSpec {
     }
 }
 
-/// Where a policy's copies go. In YAML either `{interface: mon0, vlan: 100}`
-/// (`vlan` optional) or `{pcap: NAME}`.
+/// Where a policy's copies go. In YAML `{interface: mon0, vlan: 100}`
+/// (`vlan` optional), `{pcap: NAME}`, or
+/// `{vxlan: {remote: 192.0.2.7, vni: 42}, vlan: 100}` (`vlan` optional).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Output {
@@ -415,20 +420,40 @@ pub enum Output {
         /// Capture name.
         pcap: String,
     },
+    /// VXLAN to a remote host through vtap's own collect-metadata VXLAN
+    /// device ([`crate::tunnel::DEVICE`]), optionally with an inner 802.1Q tag.
+    Vxlan {
+        /// Remote endpoint and VNI.
+        vxlan: VxlanTarget,
+        /// VLAN id pushed on the inner frame, 1..=4094; absent = untagged.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vlan: Option<u32>,
+    },
+}
+
+/// The remote end of a `vxlan:` output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VxlanTarget {
+    /// Remote VTEP address (IPv4 or IPv6, unicast).
+    pub remote: std::net::IpAddr,
+    /// VXLAN network identifier, 0..=16777215.
+    pub vni: u32,
 }
 
 impl Output {
-    /// The key of an output (None: an interface output with an invalid VLAN).
+    /// The key of an output (None: an invalid VLAN).
     pub fn key(&self) -> Option<OutputKey> {
+        let vid = |vlan: &Option<u32>| match vlan {
+            None => Some(0),
+            Some(v) => u16::try_from(*v).ok(),
+        };
         match self {
-            Output::Interface { interface, vlan } => Some(OutputKey::iface(
-                interface,
-                match vlan {
-                    None => 0,
-                    Some(v) => u16::try_from(*v).ok()?,
-                },
-            )),
+            Output::Interface { interface, vlan } => Some(OutputKey::iface(interface, vid(vlan)?)),
             Output::Pcap { pcap } => Some(OutputKey::pcap(pcap)),
+            Output::Vxlan { vxlan, vlan } => {
+                Some(OutputKey::vxlan(vxlan.remote, vxlan.vni, vid(vlan)?))
+            }
         }
     }
 }
@@ -439,25 +464,30 @@ struct RawOutput {
     interface: Option<String>,
     vlan: Option<u32>,
     pcap: Option<String>,
+    vxlan: Option<VxlanTarget>,
 }
 
 impl<'de> Deserialize<'de> for Output {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = RawOutput::deserialize(d)?;
-        match (raw.interface, raw.pcap) {
-            (Some(interface), None) => Ok(Output::Interface {
+        match (raw.interface, raw.pcap, raw.vxlan) {
+            (Some(interface), None, None) => Ok(Output::Interface {
                 interface,
                 vlan: raw.vlan,
             }),
-            (None, Some(pcap)) if raw.vlan.is_none() => Ok(Output::Pcap { pcap }),
-            (None, Some(_)) => Err(de::Error::custom(
-                "`vlan` applies to interface outputs only, not to pcap outputs",
+            (None, Some(pcap), None) if raw.vlan.is_none() => Ok(Output::Pcap { pcap }),
+            (None, Some(_), None) => Err(de::Error::custom(
+                "`vlan` applies to interface and vxlan outputs, not to pcap outputs",
             )),
-            (Some(_), Some(_)) => Err(de::Error::custom(
-                "an output has either `interface` or `pcap`, not both",
+            (None, None, Some(vxlan)) => Ok(Output::Vxlan {
+                vxlan,
+                vlan: raw.vlan,
+            }),
+            (None, None, None) => Err(de::Error::custom(
+                "an output needs `interface: NAME` (optionally `vlan: ID`), `pcap: NAME`, or `vxlan: {remote: IP, vni: N}` (optionally `vlan: ID`)",
             )),
-            (None, None) => Err(de::Error::custom(
-                "an output needs `interface: NAME` (optionally `vlan: ID`) or `pcap: NAME`",
+            _ => Err(de::Error::custom(
+                "an output has exactly one of `interface`, `pcap` and `vxlan`",
             )),
         }
     }

@@ -290,6 +290,7 @@ pub fn random_policy_set<R: Rng + ?Sized>(
                 snaplen: 0,
                 rate_limit: RateLimit::default(),
                 outputs: outs,
+                when: None,
             }
         })
         .collect()

@@ -356,6 +356,11 @@ pub fn validate_policy(p: &Policy) -> Vec<FieldError> {
             );
         }
     }
+    if let Some(w) = &p.when {
+        for (f, m) in super::when::validate(w) {
+            err(f, m);
+        }
+    }
     check_rate(
         "rate_limit.pps",
         &p.rate_limit.pps,
@@ -404,6 +409,15 @@ pub fn validate_policy(p: &Policy) -> Vec<FieldError> {
                         );
                         false
                     }
+                    Ok(()) if interface == crate::tunnel::DEVICE => {
+                        err(
+                            format!("outputs[{i}].interface"),
+                            format!(
+                                "{interface} is vtap's own VXLAN device; use `vxlan: {{remote: IP, vni: N}}` to send copies through it"
+                            ),
+                        );
+                        false
+                    }
                     Ok(()) => true,
                 };
                 let vlan_ok = match vlan {
@@ -447,6 +461,53 @@ pub fn validate_policy(p: &Policy) -> Vec<FieldError> {
                     }
                 }
             },
+            Output::Vxlan { vxlan, vlan } => {
+                let mut ok = true;
+                if vxlan.vni > 0x00ff_ffff {
+                    err(
+                        format!("outputs[{i}].vxlan.vni"),
+                        format!("VNI {} is outside 0..16777215 (24 bits)", vxlan.vni),
+                    );
+                    ok = false;
+                }
+                let r = vxlan.remote;
+                let bad = match r {
+                    std::net::IpAddr::V4(a) => {
+                        a.is_unspecified() || a.is_multicast() || a.is_broadcast()
+                    }
+                    std::net::IpAddr::V6(a) => a.is_unspecified() || a.is_multicast(),
+                };
+                if bad {
+                    err(
+                        format!("outputs[{i}].vxlan.remote"),
+                        format!("{r} is not a unicast address: the remote is one VXLAN endpoint"),
+                    );
+                    ok = false;
+                }
+                if let Some(v) = vlan
+                    && !(1..=4094).contains(v)
+                {
+                    err(
+                        format!("outputs[{i}].vlan"),
+                        format!("VLAN {v} is outside 1..4094"),
+                    );
+                    ok = false;
+                }
+                if ok {
+                    let key = (format!("vxlan:{r}/{}", vxlan.vni), vlan.unwrap_or(0));
+                    if let Some(j) = seen.get(&key) {
+                        err(
+                            format!("outputs[{i}]"),
+                            format!(
+                                "duplicate of outputs[{j}] (VXLAN {r} VNI {}): a policy sends at most one copy to an output",
+                                vxlan.vni
+                            ),
+                        );
+                    } else {
+                        seen.insert(key, i);
+                    }
+                }
+            }
         }
     }
     errs
