@@ -153,6 +153,40 @@ pub fn families(engine: &Engine, captures: &[CaptureInfo]) -> anyhow::Result<Vec
     for p in engine.policies() {
         enabled.add(&[p.name.as_str()], p.enabled as u64);
     }
+    // Adaptive mirroring (policies with `when:`).
+    let mut cond_active = Family::new(
+        "vtap_policy_condition_active",
+        "1 while the policy's when: condition holds (the policy is in effect), else 0.",
+        Gauge,
+        &["policy"],
+    );
+    let mut cond_value = Family::new(
+        "vtap_policy_condition_value",
+        "The value last compared by the policy's when: condition (rate per second of a counter, or value).",
+        GaugeF64,
+        &["policy"],
+    );
+    let mut activations = Family::new(
+        "vtap_policy_activations_total",
+        "Times the policy's when: condition started to hold (policy activated).",
+        Counter,
+        &["policy"],
+    );
+    let mut deactivations = Family::new(
+        "vtap_policy_deactivations_total",
+        "Times the policy's when: condition stopped holding (policy deactivated).",
+        Counter,
+        &["policy"],
+    );
+    for (name, (_, st)) in engine.conditions().statuses() {
+        let l = [name.as_str()];
+        cond_active.add(&l, st.active as u64);
+        if let Some(v) = st.value {
+            cond_value.add(&l, v.to_bits());
+        }
+        activations.add(&l, st.activations);
+        deactivations.add(&l, st.deactivations);
+    }
 
     let mut out_sent = Family::new(
         "vtap_output_packets_total",
@@ -277,6 +311,10 @@ pub fn families(engine: &Engine, captures: &[CaptureInfo]) -> anyhow::Result<Vec
         mirrored,
         dropped,
         enabled,
+        cond_active,
+        cond_value,
+        activations,
+        deactivations,
         out_sent,
         out_failed,
         attached,

@@ -33,6 +33,7 @@ pub mod shaping;
 #[cfg(any(test, feature = "testgen"))]
 pub mod testgen;
 pub mod validate;
+pub mod when;
 
 pub use compile::{Assignment, CompileError, CompiledSet, OutputKey, TapRule};
 pub use load::{LoadError, Loaded, Problem, ProblemKind, load_and_validate, load_path, parse_str};

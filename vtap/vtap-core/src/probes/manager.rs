@@ -642,8 +642,17 @@ impl ProbeManager {
 
     /// Every probe's samples for `/metrics`, by probe name.
     pub fn samples(&mut self) -> BTreeMap<String, Vec<Sample>> {
+        self.samples_where(|_| true)
+    }
+
+    /// The samples of the named probes (those that exist).
+    pub fn samples_of(&mut self, names: &[String]) -> BTreeMap<String, Vec<Sample>> {
+        self.samples_where(|n| names.iter().any(|x| x == n))
+    }
+
+    fn samples_where(&mut self, want: impl Fn(&str) -> bool) -> BTreeMap<String, Vec<Sample>> {
         let mut out = BTreeMap::new();
-        for (name, p) in self.probes.iter_mut() {
+        for (name, p) in self.probes.iter_mut().filter(|(n, _)| want(n)) {
             if let Err(e) = p.snapshot() {
                 tracing::warn!(probe = %name, error = %e, "snapshot");
             }

@@ -200,6 +200,17 @@ fn default_format() -> LabelFormat {
     LabelFormat::Decimal
 }
 
+/// Whether `s` is a valid probe name (1–63 of `[A-Za-z0-9_-]`, starting
+/// with a letter).
+pub fn valid_probe_name(s: &str) -> bool {
+    name_ok(s, 63, &['-'])
+}
+
+/// Whether `s` is a valid metric name of a probe.
+pub fn valid_metric_name(s: &str) -> bool {
+    name_ok(s, 100, &[])
+}
+
 fn name_ok(s: &str, max: usize, extra: &[char]) -> bool {
     !s.is_empty()
         && s.len() <= max

@@ -68,10 +68,24 @@ fn status_with(c: &Core, p: &Policy, snap: &vtap_core::engine::Snapshot) -> Poli
         })
         .map(|(n, _)| n.clone())
         .collect();
+    let condition = p.when.as_ref().map(|w| {
+        let st = c.engine.conditions().statuses().remove(&p.name);
+        (w, st.map(|(_, s)| s).unwrap_or_default())
+    });
     let state = if !p.enabled {
         PolicyState {
             active: false,
             reason: Some("disabled".into()),
+        }
+    } else if let Some((w, st)) = condition.as_ref().filter(|(_, st)| !st.active) {
+        let now = match (&st.value, &st.missing) {
+            (Some(v), _) => format!("now {v:.2}"),
+            (None, Some(m)) => m.clone(),
+            (None, None) => "not evaluated yet".into(),
+        };
+        PolicyState {
+            active: false,
+            reason: Some(format!("condition does not hold: {} ({now})", w.describe())),
         }
     } else if taps.is_empty() {
         let failed: Vec<String> = c
