@@ -10,6 +10,41 @@ use serde_json::Value;
 use vtap_testbed::cmd;
 use vtap_testbed::{Options, Testbed, require_root, wait_until};
 
+/// What the daemon `pid` holds in the kernel: its BPF links (link fds in
+/// /proc/PID/fdinfo), and the entries of its tap table (`vtap_tap_sel`,
+/// dumped with bpftool).
+fn kernel_objects(pid: u32) -> (usize, usize) {
+    let mut links = 0;
+    let mut maps = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo") {
+        let Ok(text) = std::fs::read_to_string(e.unwrap().path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            if line.starts_with("link_id:") {
+                links += 1;
+            } else if let Some(id) = line.strip_prefix("map_id:") {
+                maps.push(id.trim().to_string());
+            }
+        }
+    }
+    let json = |args: &[&str]| -> Value {
+        let o = std::process::Command::new("bpftool")
+            .args(args)
+            .output()
+            .expect("bpftool");
+        serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+    };
+    let tap_sel = maps
+        .iter()
+        .find(|id| json(&["-j", "map", "show", "id", id])["name"] == "vtap_tap_sel")
+        .expect("the daemon's vtap_tap_sel");
+    let entries = json(&["-j", "map", "dump", "id", tap_sel])
+        .as_array()
+        .map_or(0, |a| a.len());
+    (links, entries)
+}
+
 #[test]
 fn interfaces_are_attached_on_their_link_event_and_leave_nothing_behind() {
     const TEST: &str = "interfaces_are_attached_on_their_link_event_and_leave_nothing_behind";
@@ -32,8 +67,14 @@ fn interfaces_are_attached_on_their_link_event_and_leave_nothing_behind() {
         let r = d.get("/api/v1/taps/hp0").unwrap();
         serde_json::from_str(&r.body).unwrap_or(Value::Null)
     };
+    let pid = d.pid().expect("daemon pid");
+    let before = kernel_objects(pid);
     let mut worst = Duration::ZERO;
-    for round in 0..30 {
+    let mut at_10 = None;
+    for round in 0..100 {
+        if round == 10 {
+            at_10 = Some(kernel_objects(pid));
+        }
         let t0 = Instant::now();
         cmd::ip(
             Some(&ns),
@@ -66,6 +107,19 @@ fn interfaces_are_attached_on_their_link_event_and_leave_nothing_behind() {
         worst < Duration::from_secs(1),
         "slowest attach {worst:?} (bound 1 s)"
     );
+    // Nothing left behind in the kernel either: no BPF link, and the tap
+    // table does not grow with the rounds. The active generation has no
+    // entry; the inactive one still holds the set before the last change
+    // (hp0's two directions) until the next change rewrites it.
+    let after = kernel_objects(pid);
+    assert_eq!(before, (0, 0));
+    assert_eq!(after.0, 0, "BPF links left: {after:?}");
+    assert!(
+        after.1 <= 2,
+        "tap table entries after 100 rounds: {}",
+        after.1
+    );
+    assert_eq!(Some(after), at_10, "grew between round 10 and round 100");
     // Nothing left behind: no tap entry, no attached link.
     let r = d.get("/api/v1/taps").unwrap();
     let v: Value = serde_json::from_str(&r.body).unwrap();
@@ -76,6 +130,59 @@ fn interfaces_are_attached_on_their_link_event_and_leave_nothing_behind() {
         0.0,
         "{}",
         m.dump("vtap_tap")
+    );
+    d.stop().expect("daemon exits 0");
+}
+
+/// An output interface that vanishes: its copies are counted as
+/// `output_down` (not silently lost) and resume when it comes back.
+#[test]
+fn copies_to_a_vanished_output_are_counted_and_resume_when_it_returns() {
+    const TEST: &str = "copies_to_a_vanished_output_are_counted_and_resume_when_it_returns";
+    if !require_root(TEST) {
+        return;
+    }
+    let tb = Testbed::new(Options::default().vms(2))
+        .unwrap_or_else(|e| panic!("{TEST}: cannot build testbed: {e:#}"));
+    let ns = tb.host_ns.clone();
+    let mk = || {
+        cmd::ip(
+            Some(&ns),
+            &[
+                "link", "add", "out0", "type", "veth", "peer", "name", "out1",
+            ],
+        )
+        .unwrap();
+        cmd::ip(Some(&ns), &["link", "set", "out0", "up"]).unwrap();
+        cmd::ip(Some(&ns), &["link", "set", "out1", "up"]).unwrap();
+    };
+    mk();
+    let policy = "version: 1\nname: o\ntaps: [vm1-tap]\ndirection: ingress\nmatch: {protocol: icmp}\noutputs:\n  - interface: out0\n    vlan: 71\n";
+    let d = tb.start_daemon(&[("o.yaml", policy)]).expect("daemon");
+    let m = |name: &str, l: &[(&str, &str)]| d.metrics().unwrap().sum(name, l);
+    let mirrored = || m("vtap_policy_mirrored_packets_total", &[("policy", "o")]);
+    let down = || {
+        m(
+            "vtap_policy_dropped_copies_total",
+            &[("policy", "o"), ("reason", "output_down")],
+        )
+    };
+    assert_eq!(tb.ping(1, 2, 5, false).unwrap().received, 5);
+    assert_eq!((mirrored(), down()), (5.0, 0.0));
+    // Gone: the VM's traffic flows on, each copy is counted as output_down.
+    cmd::ip(Some(&ns), &["link", "del", "out0"]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(tb.ping(1, 2, 5, false).unwrap().received, 5);
+    assert_eq!((mirrored(), down()), (5.0, 5.0), "{}", d.log());
+    // Back (a new ifindex): copies resume within a second.
+    mk();
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            let _ = tb.ping(1, 2, 1, false);
+            mirrored() > 5.0
+        }),
+        "copies did not resume\n{}",
+        d.log()
     );
     d.stop().expect("daemon exits 0");
 }
