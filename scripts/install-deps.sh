@@ -25,6 +25,7 @@ PKGS=(
     tcpdump           # captures on monitors (tests, demo)
     tshark            # pcap inspection
     iperf3            # benchmarks
+    tcpreplay         # bench-ids: replays the attack mix from a VM
     curl              # demo: talk to the daemon's REST API
     prometheus        # promtool check metrics
     wrk               # bench-api: REST throughput
