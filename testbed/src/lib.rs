@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod attack;
 pub mod capture;
 pub mod cmd;
 pub mod daemon;
