@@ -124,6 +124,7 @@ if want e2e; then
     run_cargo_tests probe-e2e 600 test -p vtap-testbed --test probe_e2e
     run_cargo_tests hotplug-e2e 300 test -p vtap-testbed --test hotplug_e2e
     run_cargo_tests adaptive-e2e 300 test -p vtap-testbed --test adaptive_e2e
+    run_cargo_tests suricata-e2e 600 test -p vtap-testbed --test suricata_e2e -- --test-threads 1
     run_cargo_tests deploy 300 test -p vtap-testbed --test deploy
 fi
 

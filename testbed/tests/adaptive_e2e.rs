@@ -2,8 +2,8 @@
 //! library probe mirrors SYNs only while a flood is on. Normal connection
 //! attempts leave it off; a flood from VM1 turns it on within 1 s; when the
 //! flood stops it turns off again; each change is counted and visible in
-//! the policy's status. (The same scenario with Suricata on the monitor is
-//! in `vm_e2e`/`suricata_e2e`.)
+//! the policy's status. Suricata on the monitor raises its SYN-flood alert
+//! on the copies, tagged with the policy's VLAN.
 //!
 //! Run: `cargo build -p vtap && cargo test -p vtap-testbed --test adaptive_e2e`
 
@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use vtap_testbed::suricata::{self, SID_SYN_FLOOD};
 use vtap_testbed::{Daemon, Options, Testbed, netns, require_root, wait_until};
 
 const POLICY: &str = "version: 1
@@ -83,11 +84,14 @@ fn connect_loop(
 #[test]
 fn a_syn_flood_turns_mirroring_on_within_a_second_and_off_after_it() {
     const TEST: &str = "a_syn_flood_turns_mirroring_on_within_a_second_and_off_after_it";
-    if !require_root(TEST) {
+    if !require_root(TEST) || !suricata::require_suricata(TEST) {
         return;
     }
-    let tb = Testbed::new(Options::default().vms(2))
+    let tb = Testbed::new(Options::default().vms(2).monitor_mtu(65535))
         .unwrap_or_else(|e| panic!("{TEST}: cannot build testbed: {e:#}"));
+    let mut ids = tb
+        .start_suricata(0, &suricata::test_rules())
+        .expect("suricata on the monitor");
     let d = tb.start_daemon(&[("syn.yaml", POLICY)]).expect("daemon");
     let status = || -> Value {
         serde_json::from_str(&d.get("/api/v1/policies/syn-watch").unwrap().body).unwrap()
@@ -130,10 +134,12 @@ fn a_syn_flood_turns_mirroring_on_within_a_second_and_off_after_it() {
     // 2. A flood: on within 1 s of its start.
     let flood_n = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
+    // Paced (a few thousand SYNs per second, far above the 300/s
+    // threshold) so the monitor's capture and Suricata keep up.
     let flood = connect_loop(
         &vm1,
         dst,
-        Duration::ZERO,
+        Duration::from_micros(200),
         stop.clone(),
         flood_n.clone(),
         Duration::from_secs(10),
@@ -191,6 +197,22 @@ fn a_syn_flood_turns_mirroring_on_within_a_second_and_off_after_it() {
         mirrored,
         "copies after deactivation"
     );
+    // Suricata on the monitor saw the flood through the copies.
+    let alerts = ids
+        .wait_alerts(Duration::from_secs(10), |a| {
+            a.iter().any(|x| x.sid == SID_SYN_FLOOD)
+        })
+        .unwrap_or_else(|e| panic!("no SYN-flood alert: {e:#}\n{}", ids.diagnostics()));
+    let flood_alerts: Vec<_> = alerts.iter().filter(|a| a.sid == SID_SYN_FLOOD).collect();
+    assert!(
+        flood_alerts.iter().all(|a| a.vlan == vec![900]),
+        "{flood_alerts:#?}"
+    );
+    let st = ids
+        .wait_packets(mirrored as u64, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", ids.diagnostics()));
+    assert_eq!(st.kernel_drops, 0, "{}", st.summary());
+    ids.stop().unwrap();
     let got = cap.stop().unwrap();
     let copies = got.with_vid(900).len() as f64;
     assert!(mirrored > 0.0, "no copies while active");
