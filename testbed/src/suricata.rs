@@ -146,6 +146,11 @@ pub struct Config {
     pub home_net: String,
     /// Extra top-level YAML appended to the generated suricata.yaml.
     pub extra_yaml: String,
+    /// `stream.midstream` / `async-oneside`: pick up TCP sessions without a
+    /// handshake (true, the default: one-way copies of real connections).
+    /// False for one-way replays of crafted segments: without a session
+    /// their payload is inspected packet by packet.
+    pub midstream: bool,
     /// How long to wait for "Engine started".
     pub startup_timeout: Duration,
 }
@@ -163,6 +168,7 @@ impl Default for Config {
             stats_interval: 1,
             home_net: "[10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fd00::/8]".into(),
             extra_yaml: String::new(),
+            midstream: true,
             startup_timeout: Duration::from_secs(60),
         }
     }
@@ -306,8 +312,8 @@ vlan:
 stream:
   memcap: 64mb
   checksum-validation: no
-  midstream: true
-  async-oneside: true
+  midstream: {midstream}
+  async-oneside: {midstream}
   reassembly:
     memcap: 256mb
     depth: 1mb
@@ -338,6 +344,7 @@ app-layer:
         threads = c.threads.max(1),
         ring = ring_size,
         extra = c.extra_yaml,
+        midstream = c.midstream,
     )
 }
 

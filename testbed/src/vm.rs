@@ -693,6 +693,28 @@ impl QemuVm {
         Ok(o.stdout)
     }
 
+    /// Writes `data` to `path` in the guest (through the agent, in base64
+    /// chunks; a few hundred KiB take well under a second).
+    pub fn put_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        let q = shell_quote(path);
+        self.run_ok(&format!(": > {q}"), SHORT)?;
+        for chunk in data.chunks(32 * 1024) {
+            self.run_ok(
+                &format!("printf %s '{}' | base64 -d >> {q}", b64_encode(chunk)),
+                SHORT,
+            )?;
+        }
+        let size = self.run_ok(&format!("wc -c < {q}"), SHORT)?;
+        if size.trim().parse::<usize>().ok() != Some(data.len()) {
+            bail!(
+                "{path} in the guest has {} bytes, not {}",
+                size.trim(),
+                data.len()
+            );
+        }
+        Ok(())
+    }
+
     /// Starts `script` in the background in the guest (its own session;
     /// stdout + stderr to a log file in the guest) and returns at once, e.g.
     /// `iperf3 -s` or `httpd -f -p 80 -h /www`.

@@ -45,9 +45,10 @@ IPERF3=$(command -v iperf3 || true)
 [ -n "$IPERF3" ] || die "iperf3 not found (scripts/install-deps.sh installs it)"
 
 # Optional extras (full iproute2 `ip` for `neigh replace ... nud permanent`,
-# `ip -6 addr ... nodad`; ethtool for offload switches).
+# `ip -6 addr ... nodad`; ethtool for offload switches; tcpreplay for the IDS
+# benchmark's attack mix).
 EXTRAS=()
-for b in ip ethtool; do
+for b in ip ethtool tcpreplay; do
     p=$(command -v "$b" || true)
     [ -n "$p" ] && EXTRAS+=("$(readlink -f "$p")")
 done
