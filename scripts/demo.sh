@@ -8,9 +8,26 @@
 #   counting probe injected at run time counted, and vtap's metrics. Everything is removed on
 #   exit, also on Ctrl-C or failure.
 #
+# --vms: the same preamble, then `vtap-testbed vm-demo`: two real QEMU VMs on
+#   taps, the daemon started before they boot (it attaches vm*-tap as they
+#   appear), Suricata on the monitor; the VMs ping, fetch /vtap-canary over
+#   HTTP (checked by MD5), send a DNS query with a UDP marker and a SYN burst;
+#   shows the taps, vtap's counters and Suricata's alerts with their VLANs.
+#   Fails if no alert arrived.
+#
 # Options (environment): POLICIES=dir (default mirror-policies), KEEP=1 to keep
-# the capture in the work directory, SKIP_BUILD=1 to reuse target/release.
+# the capture (--vms: the testbed's logs, eve.json and capture) in the work
+# directory, SKIP_BUILD=1 to reuse target/release.
 set -euo pipefail
+
+VMS=0
+for arg in "$@"; do
+    case "$arg" in
+        --vms) VMS=1 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "usage: $0 [--vms]" >&2; exit 2 ;;
+    esac
+done
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -20,6 +37,7 @@ WORK=$(mktemp -d /tmp/vtap-demo.XXXXXX)
 PORT=7470
 DAEMON_PID=""
 TCPDUMP_PID=""
+VMDEMO_PID=""
 TB=""
 
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -28,6 +46,13 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     set +e
+    if [ -n "$VMDEMO_PID" ] && kill -0 "$VMDEMO_PID" 2>/dev/null; then
+        # It removes its testbed itself on SIGTERM.
+        kill -TERM "$VMDEMO_PID"
+        for _ in $(seq 150); do kill -0 "$VMDEMO_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$VMDEMO_PID" 2>/dev/null && kill -KILL "$VMDEMO_PID"
+        wait "$VMDEMO_PID" 2>/dev/null
+    fi
     if [ -n "$TCPDUMP_PID" ] && kill -0 "$TCPDUMP_PID" 2>/dev/null; then
         kill -INT "$TCPDUMP_PID"; wait "$TCPDUMP_PID" 2>/dev/null
     fi
@@ -72,6 +97,20 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 VTAP=${VTAP_BIN:-$ROOT/target/release/vtap}
 TB=$ROOT/target/release/vtap-testbed
+
+if [ "$VMS" = 1 ]; then
+    bold "QEMU VMs mirrored to Suricata (vtap-testbed vm-demo --name $NAME)"
+    VM_ARGS=(vm-demo --name "$NAME" --policies "$POLICIES")
+    if [ "${KEEP:-0}" = 1 ]; then VM_ARGS+=(--keep "$WORK/vm-demo"); fi
+    # In the background so that a signal to this script reaches cleanup at
+    # once; cleanup stops it (it removes its testbed) and runs `down` too.
+    VTAP_BIN="$VTAP" "$TB" "${VM_ARGS[@]}" &
+    VMDEMO_PID=$!
+    wait "$VMDEMO_PID"
+    VMDEMO_PID=""
+    bold "done; cleaning up"
+    exit 0
+fi
 
 # A remote VXLAN collector only if some policy sends to vx0.
 UP_ARGS=(--name "$NAME" --vms 3)
