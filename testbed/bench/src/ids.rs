@@ -230,18 +230,43 @@ fn real_main() -> Result<()> {
         pin(p, "0")?;
     }
     let mut rows = Vec::new();
-    for &rate in &rates {
+    for (&rate, load) in rates.iter().flat_map(|r| [(r, false), (r, true)]) {
+        // Loaded: VM1 also sends a bulk TCP transfer to VM2 for the whole
+        // replay (the receiver is busy, as a real server would be).
+        let replay_est =
+            (mix.bytes as f64 * loops as f64 * 8.0 / (rate as f64 * 1e6)).ceil() as u64;
         let m0 = side(&monitor)?;
         let r0 = side(&receiver)?;
         let copies0 = d.metrics()?.sum("vtap_policy_mirrored_packets_total", &[]);
+        let bulk = if load {
+            let p = vms
+                .vm(1)
+                .spawn_bg(&format!("iperf3 -c 10.0.0.2 -t {} -J", replay_est + 3))?;
+            std::thread::sleep(Duration::from_secs(1));
+            Some(p)
+        } else {
+            None
+        };
         let t0 = Instant::now();
         let out = vms.vm(1).run_ok(
             &format!("tcpreplay -q -i eth0 --mbps={rate} --loop={loops} /tmp/mix.pcap 2>&1"),
             Duration::from_secs(600),
         )?;
         let replay_s = t0.elapsed().as_secs_f64();
+        let bulk_gbps = match &bulk {
+            Some(p) => {
+                vms.vm(1).bg_wait(p, Duration::from_secs(replay_est + 30))?;
+                let out = vms.vm(1).bg_output(p)?;
+                serde_json::from_str::<Value>(out.trim())
+                    .ok()
+                    .and_then(|v| v["end"]["sum_received"]["bits_per_second"].as_f64())
+                    .map(|b| b / 1e9)
+            }
+            None => None,
+        };
         let m1 = side(&monitor)?;
         let r1 = side(&receiver)?;
+
         let copies = d.metrics()?.sum("vtap_policy_mirrored_packets_total", &[]) - copies0;
         let expected = mix.attacks as u64 * loops;
         let sent = mix.frames as u64 * loops;
@@ -271,6 +296,8 @@ fn real_main() -> Result<()> {
             .to_string();
         let r = json!({
             "rate_mbps": rate,
+            "receiver_loaded": load,
+            "bulk_gbps": bulk_gbps,
             "frames_sent": sent,
             "attacks_sent": expected,
             "replay_seconds": replay_s,
@@ -298,13 +325,17 @@ fn real_main() -> Result<()> {
     }
     std::fs::write(&out_path, serde_json::to_string_pretty(&result)?)?;
     println!(
-        "\n| rate (Mbit/s) | frames | attacks | monitor alerts | monitor drop % | receiver-path alerts | receiver-path drop % |"
+        "\n| rate (Mbit/s) | bulk TCP alongside | frames | attacks | monitor alerts | monitor drop % | receiver-path alerts | receiver-path drop % |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {} | {:.2} | {} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {:.2} | {} | {:.2} |",
             r["rate_mbps"],
+            match r["bulk_gbps"].as_f64() {
+                Some(g) => format!("{g:.2} Gbit/s"),
+                None => "none".into(),
+            },
             r["frames_sent"],
             r["attacks_sent"],
             r["monitor"]["alerts"],
