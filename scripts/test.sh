@@ -8,7 +8,8 @@
 #   unit     pure unit tests (no root)
 #   bpf      vtap-core, including BPF_PROG_TEST_RUN tests (root)
 #   testbed  the network-namespace testbed's self-tests (root)
-#   e2e      real daemon, real taps, real traffic (root)
+#   e2e      real daemon, real taps, real traffic (root); includes Suricata
+#            on the monitor and QEMU VMs on taps (vm-e2e)
 #   policies vtap policy check -f mirror-policies/
 #   api      REST control plane end to end: real daemon, traffic, promtool (root)
 #   fuzz     scripts/fuzz-api.sh: schemathesis against the real daemon (root; one check)
@@ -125,6 +126,8 @@ if want e2e; then
     run_cargo_tests hotplug-e2e 300 test -p vtap-testbed --test hotplug_e2e
     run_cargo_tests adaptive-e2e 300 test -p vtap-testbed --test adaptive_e2e
     run_cargo_tests suricata-e2e 600 test -p vtap-testbed --test suricata_e2e -- --test-threads 1
+    # Real QEMU VMs (TCG): builds the cached guest image on first use.
+    run_cargo_tests vm-e2e 900 test -p vtap-testbed --test vm_e2e -- --test-threads 1
     run_cargo_tests deploy 300 test -p vtap-testbed --test deploy
 fi
 
