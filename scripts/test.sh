@@ -41,6 +41,12 @@ note() { printf '\n==== %s (%ss) ====\n' "$*" "$(( $(date +%s) - START ))"; }
 run_cargo_tests() {
     local name=$1 limit=$2
     shift 2
+    # Every test binary runs even when an earlier one fails (a failure must
+    # not hide another).
+    if [ "${1:-}" = test ]; then
+        shift
+        set -- test --no-fail-fast "$@"
+    fi
     local log="$LOGDIR/$name.log"
     note "$name: cargo $*"
     timeout --signal=INT --kill-after=30 "$limit" cargo "$@" 2>&1 | tee "$log"
