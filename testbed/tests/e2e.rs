@@ -805,6 +805,12 @@ fn vxlan_output_sets_the_tunnel_key_per_policy() {
         .start_daemon(&[
             ("a.yaml", &p("icmp-a", "protocol: icmp", 4242, 310)),
             ("b.yaml", &p("icmp-b", "protocol: icmp", 777, 320)),
+            // No route to this remote in the host namespace: the device
+            // cannot send these copies, and says so.
+            (
+                "c.yaml",
+                &p("icmp-c", "protocol: icmp", 5, 330).replace(remote_ip, "192.168.99.1"),
+            ),
         ])
         .expect("daemon");
     let inner = tb.capture_remote().unwrap();
@@ -839,6 +845,18 @@ fn vxlan_output_sets_the_tunnel_key_per_policy() {
         counter(&m, MIRRORED, &[("policy", "icmp-a"), ("output", &label_a)]),
         N as f64,
         "{ctx}"
+    );
+    let dev_failed = m.sum(
+        "vtap_output_device_tx_errors_total",
+        &[("interface", "vtap-vxlan")],
+    ) + m.sum(
+        "vtap_output_device_tx_dropped_total",
+        &[("interface", "vtap-vxlan")],
+    );
+    assert!(
+        dev_failed >= N as f64,
+        "unroutable copies not counted by the device: {dev_failed}\n{}",
+        m.dump("vtap_output_device")
     );
     let dev = || {
         vtap_testbed::cmd::ip(Some(&tb.host_ns), &["-d", "link", "show", "vtap-vxlan"])

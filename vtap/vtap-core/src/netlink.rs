@@ -68,6 +68,51 @@ pub async fn list_links() -> Result<Links, NetlinkError> {
     res.map(|_| out)
 }
 
+/// Transmit failures counted by an interface itself (`ip -s link`): copies
+/// vtap handed to an output device that the device then could not send
+/// (a VXLAN device without a route to the remote, a full queue, a down
+/// carrier).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxFailures {
+    /// `tx_dropped`.
+    pub dropped: u64,
+    /// `tx_errors`.
+    pub errors: u64,
+}
+
+/// The transmit failure counters of every link (one RTM_GETLINK dump).
+pub async fn tx_failures() -> Result<BTreeMap<String, TxFailures>, NetlinkError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+    let task = tokio::spawn(conn);
+    let mut out = BTreeMap::new();
+    let mut stream = handle.link().get().execute();
+    let res = async {
+        while let Some(msg) = stream.try_next().await.map_err(NetlinkError::Dump)? {
+            let mut name = None;
+            let mut tx = TxFailures::default();
+            for a in &msg.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    LinkAttribute::Stats64(st) => {
+                        tx = TxFailures {
+                            dropped: st.tx_dropped,
+                            errors: st.tx_errors,
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(n) = name {
+                out.insert(n, tx);
+            }
+        }
+        Ok::<_, NetlinkError>(())
+    }
+    .await;
+    task.abort();
+    res.map(|_| out)
+}
+
 /// [`list_links`] for synchronous callers (tests, tools): runs a small
 /// current-thread runtime.
 pub fn list_links_blocking() -> Result<Links, NetlinkError> {

@@ -14,7 +14,8 @@
 //! non-external VXLAN device already bound to that port in the namespace
 //! makes creation fail (EADDRINUSE), reported in the log and the copies
 //! counted as `output_down`. Underlay failures (no route to the remote) are
-//! counted by the device itself (`ip -s link show vtap-vxlan`: tx errors).
+//! counted by the device itself (`ip -s link show vtap-vxlan`: tx errors),
+//! exported as `vtap_output_device_tx_errors_total`.
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo};

@@ -68,6 +68,40 @@ impl Family {
     }
 }
 
+/// The transmit failures of the running set's output devices, as counted
+/// by the devices (`tx` from [`vtap_core::netlink::tx_failures`]).
+pub fn device_families(
+    engine: &Engine,
+    tx: &BTreeMap<String, vtap_core::netlink::TxFailures>,
+) -> Vec<Family> {
+    let mut dropped = Family::new(
+        "vtap_output_device_tx_dropped_total",
+        "Packets an output interface dropped on transmit, as the device counts them (all its traffic, vtap's copies included): e.g. vtap-vxlan without a route to a remote.",
+        Kind::Counter,
+        &["interface"],
+    );
+    let mut errors = Family::new(
+        "vtap_output_device_tx_errors_total",
+        "Transmit errors of an output interface, as the device counts them (all its traffic, vtap's copies included).",
+        Kind::Counter,
+        &["interface"],
+    );
+    let outputs: std::collections::BTreeSet<&str> = engine
+        .assignment()
+        .output_ids
+        .keys()
+        .filter(|k| k.capture.is_none())
+        .map(|k| k.interface.as_str())
+        .collect();
+    for name in outputs {
+        if let Some(t) = tx.get(name) {
+            dropped.add(&[name], t.dropped);
+            errors.add(&[name], t.errors);
+        }
+    }
+    vec![dropped, errors]
+}
+
 /// Every family, from one snapshot of the datapath and the captures.
 pub fn families(engine: &Engine, captures: &[CaptureInfo]) -> anyhow::Result<Vec<Family>> {
     use Kind::*;

@@ -210,6 +210,12 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Respon
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     );
     let caps = captures::infos(&s).await?;
+    // Output devices' own transmit failures (best effort: a failed dump
+    // leaves those two families out of this scrape).
+    let tx = vtap_core::netlink::tx_failures().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "reading interface statistics");
+        Default::default()
+    });
     let pm = s.probes.clone();
     let probe_samples = tokio::task::spawn_blocking(move || pm.lock().unwrap().samples())
         .await
@@ -218,6 +224,7 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Respon
         .with_core(move |c| {
             let mut fams = crate::metrics::families(&c.engine, &caps)
                 .map_err(|e| ApiError::unavailable("reading counters", e))?;
+            fams.extend(crate::metrics::device_families(&c.engine, &tx));
             crate::metrics::probe_families(&probe_samples, None, None, &mut fams);
             if om {
                 crate::metrics::encode_openmetrics(&fams)
