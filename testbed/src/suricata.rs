@@ -194,7 +194,8 @@ fn next_cluster_id() -> u16 {
 
 /// `classification.config` with the classtypes the test rules use (and a few
 /// common ones), so no file outside the work directory is read.
-const CLASSIFICATION: &str = "\
+/// `classification.config` written next to a generated config.
+pub const CLASSIFICATION: &str = "\
 config classification: not-suspicious,Not Suspicious Traffic,3
 config classification: unknown,Unknown Traffic,3
 config classification: bad-unknown,Potentially Bad Traffic,2
@@ -204,7 +205,8 @@ config classification: attempted-dos,Attempted Denial of Service,2
 config classification: policy-violation,Potential Corporate Privacy Violation,1
 ";
 
-const REFERENCE: &str = "\
+/// `reference.config` written next to a generated config.
+pub const REFERENCE: &str = "\
 config reference: url http://
 ";
 

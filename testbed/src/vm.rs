@@ -514,6 +514,15 @@ impl QemuVm {
         let mut c = cmd::ns_command(host_ns, qemu_bin());
         c.args(["-name", &vm.config.name, "-accel", "tcg", "-smp", "1"])
             .args(["-m", &vm.config.memory_mb.to_string()])
+            // $VTAP_QEMU_CPU: e.g. `max` for guest programs that need more
+            // than the default CPU model's instructions (Hyperscan: SSSE3).
+            .args(
+                std::env::var("VTAP_QEMU_CPU")
+                    .ok()
+                    .filter(|c| !c.is_empty())
+                    .map(|c| vec!["-cpu".to_string(), c])
+                    .unwrap_or_default(),
+            )
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
             .args(["-no-reboot", "-monitor", "none"])
             .arg("-serial")
@@ -901,6 +910,8 @@ impl VmSpec {
 /// its tap is deleted and re-created with the same name.
 #[derive(Debug)]
 pub struct VmSet<'a> {
+    /// Guest memory of VMs booted from now on (default 256 MiB).
+    pub memory_mb: u32,
     tb: &'a Testbed,
     specs: Vec<VmSpec>,
     vms: Vec<Option<QemuVm>>,
@@ -930,6 +941,7 @@ impl<'a> VmSet<'a> {
         let log_dir = tb.path("qemu", "d");
         std::fs::create_dir_all(&log_dir)?;
         Ok(VmSet {
+            memory_mb: 256,
             tb,
             specs: (1..=n).map(VmSpec::new).collect(),
             vms: (0..n).map(|_| None).collect(),
@@ -969,6 +981,7 @@ impl<'a> VmSet<'a> {
         c.noarp = true;
         c.static_fdb = true;
         c.mtu = self.tb.options.mtu;
+        c.memory_mb = self.memory_mb;
         for o in self.specs.iter().filter(|o| o.index != i) {
             c.neighbors.push((IpAddr::V4(o.ipv4), o.mac.clone()));
             c.neighbors.push((IpAddr::V6(o.ipv6), o.mac.clone()));

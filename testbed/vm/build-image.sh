@@ -4,6 +4,7 @@
 #
 #   testbed/vm/build-image.sh            build if needed, print the image dir
 #   VTAP_VM_CACHE=/some/dir ...          cache directory (default: <repo>/target/vm-image)
+#   VTAP_VM_EXTRA=suricata ...          also put Suricata (and its libraries) in the image
 #   VTAP_VM_KERNEL_DEB=/path/x.deb ...   use this kernel package instead of
 #                                        downloading linux-image-cloud-amd64's
 #
@@ -54,6 +55,13 @@ for b in ip ethtool tcpreplay; do
 done
 [ "${#EXTRAS[@]}" -gt 0 ] && [ "$(basename "${EXTRAS[0]}")" = ip ] ||
     die "iproute2's ip not found (scripts/install-deps.sh installs iproute2)"
+# VTAP_VM_EXTRA="suricata": also Suricata and its libraries (a larger image,
+# for bench-ids's IDS inside the receiver VM; a separate cache key).
+if [[ " ${VTAP_VM_EXTRA:-} " == *" suricata "* ]]; then
+    p=$(command -v suricata || true)
+    [ -n "$p" ] || die "VTAP_VM_EXTRA=suricata but suricata is not installed (scripts/install-deps.sh)"
+    EXTRAS+=("$(readlink -f "$p")")
+fi
 
 # --- Kernel package: name and version -------------------------------------
 resolve_kernel() {
