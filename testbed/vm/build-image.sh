@@ -104,7 +104,11 @@ KEY=$(
         for f in "${host_files[@]}"; do echo "$f $(sha256sum <"$(readlink -f "$f")")"; done
     } | sha256sum | cut -c1-16
 )
-IMG=$CACHE/img-$KEY
+# One image per variant is kept (the plain one for tests and the demo, the
+# Suricata one for bench-ids), so both can be in use at once.
+VARIANT=base
+[[ " ${VTAP_VM_EXTRA:-} " == *" suricata "* ]] && VARIANT=suricata
+IMG=$CACHE/img-$VARIANT-$KEY
 
 if [ -f "$IMG/ok" ]; then
     echo "$IMG"
@@ -239,8 +243,11 @@ touch "$WORK/img/ok"
 
 rm -rf "$IMG"
 mv "$WORK/img" "$IMG"
-# Images of other keys are stale (a different script or inputs).
-find "$CACHE" -mindepth 1 -maxdepth 1 -type d -name 'img-*' ! -path "$IMG" -exec rm -rf {} +
+# Images of this variant with other keys are stale (a different script or
+# inputs).
+find "$CACHE" -mindepth 1 -maxdepth 1 -type d -name "img-$VARIANT-*" ! -path "$IMG" -exec rm -rf {} +
+# (and those named before variants existed)
+find "$CACHE" -mindepth 1 -maxdepth 1 -type d -regex '.*/img-[0-9a-f]+' -exec rm -rf {} +
 T1=$(date +%s.%N)
 log "built $IMG ($(du -sh "$IMG/initramfs.cpio" | cut -f1) initramfs, kernel $KREL) in $(awk "BEGIN{printf \"%.1f\", $T1 - $T0}")s"
 echo "$IMG"
