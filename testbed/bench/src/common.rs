@@ -556,3 +556,30 @@ pub fn named_interrupts_delta(
             .collect(),
     )
 }
+
+/// VTAP_BIN, else target/release/vtap, else the debug build (with a
+/// warning); exported as VTAP_BIN for the testbed library.
+pub fn choose_vtap_bin() -> Result<PathBuf> {
+    if std::env::var_os("VTAP_BIN").is_none() {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"));
+        let release = target.join("release").join("vtap");
+        let chosen = if release.exists() {
+            release
+        } else {
+            eprintln!("WARNING: target/release/vtap missing: using the debug build");
+            target.join("debug").join("vtap")
+        };
+        // SAFETY: called first thing in main, before any thread exists.
+        unsafe { std::env::set_var("VTAP_BIN", &chosen) };
+    }
+    let bin = vtap_testbed::vtap_bin();
+    if !bin.exists() {
+        bail!(
+            "vtap binary not found at {} (cargo build --release -p vtap)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}

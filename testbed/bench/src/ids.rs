@@ -27,9 +27,9 @@ use serde_json::{Value, json};
 use vtap_testbed::attack::{self, KINDS};
 use vtap_testbed::suricata::{self, Suricata};
 use vtap_testbed::vm::{self, VmSet};
-use vtap_testbed::{Options, Testbed, vtap_bin};
+use vtap_testbed::{Options, Testbed};
 
-use common::{env_num, median, workspace_root};
+use common::{choose_vtap_bin, env_num, median, workspace_root};
 
 const POLICY_ON: &str = "version: 1\nname: mirror-vm1\ntaps: [vm1-tap]\ndirection: ingress\noutputs:\n  - interface: mon0\n    vlan: 100\n";
 
@@ -39,27 +39,6 @@ fn policy(enabled: bool) -> String {
     } else {
         POLICY_ON.replace("name: mirror-vm1\n", "name: mirror-vm1\nenabled: false\n")
     }
-}
-
-fn choose_vtap_bin() -> Result<()> {
-    if std::env::var_os("VTAP_BIN").is_none() {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join("target"));
-        let release = target.join("release").join("vtap");
-        let chosen = if release.exists() {
-            release
-        } else {
-            eprintln!("WARNING: target/release/vtap missing: using the debug build");
-            target.join("debug").join("vtap")
-        };
-        // SAFETY: called first thing in main, before any thread exists.
-        unsafe { std::env::set_var("VTAP_BIN", &chosen) };
-    }
-    if !vtap_bin().exists() {
-        bail!("vtap binary not found at {}", vtap_bin().display());
-    }
-    Ok(())
 }
 
 /// Pins every thread of `pid` to `cpus` (taskset list syntax).
