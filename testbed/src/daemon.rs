@@ -363,6 +363,30 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The BPF objects process `pid` holds, from its fds in /proc/PID/fdinfo:
+/// per link fd the `ifindex` it is attached to (0 for a link without a
+/// device, e.g. one whose device is gone), and the ids of its map fds.
+pub fn bpf_fds(pid: u32) -> Result<(Vec<u32>, Vec<u32>)> {
+    let mut links = Vec::new();
+    let mut maps = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(text) = std::fs::read_to_string(e?.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        };
+        if field("link_id:").is_some() {
+            links.push(field("ifindex:").unwrap_or(0));
+        } else if let Some(id) = field("map_id:") {
+            maps.push(id);
+        }
+    }
+    Ok((links, maps))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

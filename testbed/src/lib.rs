@@ -34,7 +34,7 @@ pub mod traffic;
 pub mod vm;
 
 pub use capture::{Capture, Captured, Frame, IpInfo, icmp_frame, inject, parse_frame, read_pcap};
-pub use daemon::{Daemon, HttpResponse, vtap_bin, wait_until};
+pub use daemon::{Daemon, HttpResponse, bpf_fds, vtap_bin, wait_until};
 pub use metrics::{Metrics, Sample};
 pub use testbed::{Monitor, Options, Remote, Testbed, Vm};
 pub use traffic::{PingReport, TcpReport, Udp, UdpFlow, UdpReport};

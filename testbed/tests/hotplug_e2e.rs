@@ -14,20 +14,9 @@ use vtap_testbed::{Options, Testbed, require_root, wait_until};
 /// /proc/PID/fdinfo), and the entries of its tap table (`vtap_tap_sel`,
 /// dumped with bpftool).
 fn kernel_objects(pid: u32) -> (usize, usize) {
-    let mut links = 0;
-    let mut maps = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo") {
-        let Ok(text) = std::fs::read_to_string(e.unwrap().path()) else {
-            continue;
-        };
-        for line in text.lines() {
-            if line.starts_with("link_id:") {
-                links += 1;
-            } else if let Some(id) = line.strip_prefix("map_id:") {
-                maps.push(id.trim().to_string());
-            }
-        }
-    }
+    let (links, maps) = vtap_testbed::bpf_fds(pid).expect("fdinfo");
+    let links = links.len();
+    let maps: Vec<String> = maps.iter().map(|m| m.to_string()).collect();
     let json = |args: &[&str]| -> Value {
         let o = std::process::Command::new("bpftool")
             .args(args)

@@ -77,17 +77,7 @@ fn attached(d: &Daemon, tap: &str) -> bool {
 /// `ifindex:` each is attached to (0 for a link without a device, e.g. one
 /// whose device is gone).
 fn links_of(pid: u32) -> Vec<u32> {
-    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter(|t| t.lines().any(|l| l.starts_with("link_id:")))
-        .map(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("ifindex:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
-        })
-        .collect()
+    vtap_testbed::bpf_fds(pid).unwrap().0
 }
 
 fn ifindex(ns: &str, dev: &str) -> u32 {

@@ -425,21 +425,6 @@ fn count_dir(dir: &Path) -> Result<(FileCount, Vec<PathBuf>)> {
 // ---------------------------------------------------------------------------
 // The capturing processes.
 
-/// `taskset -a -p -c CPU PID`: every thread of the process on one CPU.
-fn pin_process(pid: u32, cpu: usize) -> Result<()> {
-    cmd::run_ok(
-        std::process::Command::new("taskset").args([
-            "-a",
-            "-p",
-            "-c",
-            &cpu.to_string(),
-            &pid.to_string(),
-        ]),
-        cmd::SHORT,
-    )?;
-    Ok(())
-}
-
 /// tcpdump's closing statistics (stderr).
 fn tcpdump_stats(stderr: &str) -> Value {
     let grab = |what: &str| {

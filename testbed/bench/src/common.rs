@@ -583,3 +583,18 @@ pub fn choose_vtap_bin() -> Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// `taskset -a -p -c CPU PID`: every thread of the process on one CPU.
+pub fn pin_process(pid: u32, cpu: usize) -> Result<()> {
+    cmd::run_ok(
+        std::process::Command::new("taskset").args([
+            "-a",
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &pid.to_string(),
+        ]),
+        cmd::SHORT,
+    )?;
+    Ok(())
+}

@@ -29,7 +29,7 @@ use vtap_testbed::suricata::{self, Suricata};
 use vtap_testbed::vm::{self, VmSet};
 use vtap_testbed::{Options, Testbed};
 
-use common::{choose_vtap_bin, env_num, median, workspace_root};
+use common::{choose_vtap_bin, env_num, median, pin_process, workspace_root};
 
 const POLICY_ON: &str = "version: 1\nname: mirror-vm1\ntaps: [vm1-tap]\ndirection: ingress\noutputs:\n  - interface: mon0\n    vlan: 100\n";
 
@@ -39,17 +39,6 @@ fn policy(enabled: bool) -> String {
     } else {
         POLICY_ON.replace("name: mirror-vm1\n", "name: mirror-vm1\nenabled: false\n")
     }
-}
-
-/// Pins every thread of `pid` to `cpus` (taskset list syntax).
-fn pin(pid: u32, cpus: &str) -> Result<()> {
-    let o = std::process::Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
-        .output()?;
-    if !o.status.success() {
-        bail!("taskset {pid}: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    Ok(())
 }
 
 fn mac_bytes(mac: &str) -> [u8; 6] {
@@ -235,7 +224,7 @@ fn real_main() -> Result<()> {
     // CPU 1.
     for i in 1..=2 {
         if let Some(pid) = vms.vm(i).pid() {
-            pin(pid, "0")?;
+            pin_process(pid, 0)?;
         }
     }
     let mix_path = tb.path("attack-mix", "pcap");
@@ -295,10 +284,10 @@ fn real_main() -> Result<()> {
     std::fs::create_dir_all(&recv_dir)?;
     let receiver = Suricata::start_with(&tb.host_ns, &s2.tap, &rules, &recv_dir, &cfg)?;
     if let Some(p) = monitor.pid() {
-        pin(p, "1")?;
+        pin_process(p, 1)?;
     }
     if let Some(p) = receiver.pid() {
-        pin(p, "0")?;
+        pin_process(p, 0)?;
     }
     let in_vm = start_in_vm(&vms, &rules)?;
     let mut rows = Vec::new();
