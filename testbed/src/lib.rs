@@ -39,6 +39,14 @@ pub use metrics::{Metrics, Sample};
 pub use testbed::{Monitor, Options, Remote, Testbed, Vm};
 pub use traffic::{PingReport, TcpReport, Udp, UdpFlow, UdpReport};
 
+/// A file of the probe library (`ebpf/probes/FILE`), as text.
+pub fn probe_library(file: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ebpf/probes")
+        .join(file);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -8,7 +8,6 @@
 //! Run: `cargo build -p vtap && cargo test -p vtap-testbed --test adaptive_e2e`
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,10 +30,7 @@ outputs:
 ";
 
 fn library(file: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../ebpf/probes")
-        .join(file);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    vtap_testbed::probe_library(file)
 }
 
 fn inject_syn_probe(d: &Daemon) {

@@ -23,10 +23,7 @@ fn testbed(test: &str) -> Option<Testbed> {
 }
 
 fn library(file: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../ebpf/probes")
-        .join(file);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    vtap_testbed::probe_library(file)
 }
 
 /// The library spec of traffic-by-dst as JSON, with the source inlined and
