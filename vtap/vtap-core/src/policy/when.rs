@@ -260,6 +260,11 @@ impl Conditions {
         self.states.get(policy).is_some_and(|s| s.status.active)
     }
 
+    /// Status of one policy's condition.
+    pub fn status(&self, policy: &str) -> Option<&ConditionStatus> {
+        self.states.get(policy).map(|s| &s.status)
+    }
+
     /// Status of every condition, by policy.
     pub fn statuses(&self) -> BTreeMap<String, (When, ConditionStatus)> {
         self.states

@@ -69,8 +69,8 @@ fn status_with(c: &Core, p: &Policy, snap: &vtap_core::engine::Snapshot) -> Poli
         .map(|(n, _)| n.clone())
         .collect();
     let condition = p.when.as_ref().map(|w| {
-        let st = c.engine.conditions().statuses().remove(&p.name);
-        (w, st.map(|(_, s)| s).unwrap_or_default())
+        let st = c.engine.conditions().status(&p.name);
+        (w, st.cloned().unwrap_or_default())
     });
     let state = if !p.enabled {
         PolicyState {
