@@ -116,11 +116,17 @@ pub async fn tx_failures() -> Result<BTreeMap<String, TxFailures>, NetlinkError>
 /// [`list_links`] for synchronous callers (tests, tools): runs a small
 /// current-thread runtime.
 pub fn list_links_blocking() -> Result<Links, NetlinkError> {
+    runtime()
+        .map_err(NetlinkError::Socket)?
+        .block_on(list_links())
+}
+
+/// A small current-thread runtime for one rtnetlink exchange from
+/// synchronous code.
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(NetlinkError::Socket)?
-        .block_on(list_links())
 }
 
 /// Calls `on_change` whenever a link appears, changes or goes away in the

@@ -52,9 +52,7 @@ pub enum TunnelError {
 fn block_on<T>(
     f: impl std::future::Future<Output = Result<T, TunnelError>>,
 ) -> Result<T, TunnelError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    crate::netlink::runtime()
         .map_err(TunnelError::Socket)?
         .block_on(f)
 }
