@@ -6,18 +6,18 @@
 //!    `max_entries` 1,048,576 with a 5-tuple key — `__be32 saddr, daddr;
 //!    __be16 sport, dport; __u8 proto; __u8 pad[3]` — and a value of four
 //!    `__u64`: packets, bytes, first_seen, last_seen — plus a trivial
-//!    `SEC("classifier")` program) is loaded with `aya::Ebpf::load` (which
-//!    creates the map), filled with `BPF_MAP_UPDATE_BATCH` to 1, 100,
+//!    `SEC("classifier")` program) is injected as probe `bench` with
+//!    `ProbeManager::inject` (no links; metric `flow_packets` labelled by
+//!    the 5-tuple), its map filled with `BPF_MAP_UPDATE_BATCH` to 1, 100,
 //!    10,000 and 1,000,000 entries (not timed), and read with the probe
 //!    layers directly: (a) `batch::read(fd, Method::Batch)`; (b) that +
 //!    `MapLayout::write_json` (JSON text); (c) that + `MapLayout::decode`
 //!    (`serde_json::Value`s); (d) that + OpenMetrics text, one sample per
 //!    entry with the 5-tuple as labels (`Field::format`, ipv4 / decimal),
-//!    appended straight to one `String`; (d2) the same samples through
-//!    `prometheus-client` the way the daemon's `/metrics` encoder does it
-//!    (label vectors per sample, value picked from the decoded
-//!    `serde_json` value, `Family<Vec<(String, String)>, Counter>`,
-//!    `encode`); (e) `batch::read(fd, Method::Iterative)`. Round-robin over
+//!    appended straight to one `String`; (f) the daemon's own path:
+//!    `ProbeManager::samples_of` + `exposition::probe_families` +
+//!    `exposition::encode_openmetrics`; (g) the same with
+//!    `exposition::encode_text`; (e) `batch::read(fd, Method::Iterative)`. Round-robin over
 //!    the methods, median of `BENCH_RUNS` (5) runs; a method whose first
 //!    run takes more than 2 s gets 3 runs. Freeing the output is not timed.
 //! 2. **Reset.** `batch::read_and_delete` with `Method::Batch` and with
@@ -81,6 +81,11 @@ use vtap_testbed::{Options, Testbed};
 
 mod common;
 use common::*;
+
+/// The daemon's allocator (vtap/src/main.rs), so the daemon-path columns
+/// allocate as the daemon does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The extraction map: 5-tuple key, four counters.
 const FLOW_C: &str = r#"#include "vtap_probe.h"
@@ -262,15 +267,6 @@ impl Outside {
 // ---------------------------------------------------------------------------
 // Part 1 and 2: the flow map.
 
-fn hash_map_fd<'a>(ebpf: &'a aya::Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
-    use aya::maps::Map;
-    match ebpf.map(name) {
-        Some(Map::HashMap(d)) => Ok(d.fd().as_fd()),
-        Some(other) => bail!("map {name} is {other:?}, not a hash map"),
-        None => bail!("no map {name} in the object"),
-    }
-}
-
 /// Key and value of flow `i` (keys distinct: saddr = 10.0.0.0 + i).
 fn flow_entry(i: u32) -> ([u8; KEY_SIZE], [u8; VALUE_SIZE]) {
     let mut k = [0u8; KEY_SIZE];
@@ -372,35 +368,69 @@ fn openmetrics_direct(f: &FlowFields, entries: &Entries) -> Result<String> {
     Ok(out)
 }
 
-/// The daemon's way (vtap/src/metrics.rs `probe_families` +
-/// `encode_openmetrics`, probes/manager.rs `samples`): per entry a label
-/// vector (probe label first) and the value decoded to `serde_json` and
-/// picked by field name; then a prometheus-client counter family and its
-/// text encoder.
-fn openmetrics_client(layout: &MapLayout, f: &FlowFields, entries: &Entries) -> Result<String> {
-    use prometheus_client::metrics::counter::Counter;
-    use prometheus_client::metrics::family::Family;
-    use prometheus_client::registry::Registry;
-    type Labels = Vec<(String, String)>;
-    let fam = Family::<Labels, Counter>::default();
-    for (k, v) in entries.iter() {
-        let mut labels: Labels = Vec::with_capacity(1 + f.labels.len());
-        labels.push(("probe".into(), "bench".into()));
-        for (field, fmt, label) in &f.labels {
-            labels.push((label.to_string(), field.format(k, *fmt)?));
+/// The flow map as a probe spec, injected through `ProbeManager` (no
+/// links): the daemon-path columns read it with `ProbeManager::samples_of`
+/// and encode it with `vtap_core::exposition`, as `/metrics` and
+/// `/api/v1/probes/{name}/metrics?format=openmetrics` do.
+const FLOW_SPEC: &str = r#"version: 1
+name: bench
+attach: {taps: [bench-no-tap]}
+metrics:
+  - name: flow_packets
+    map: flows
+    help: Packets per flow.
+    type: counter
+    value_field: packets
+    key_labels:
+      - {field: saddr, label: saddr, format: ipv4}
+      - {field: daddr, label: daddr, format: ipv4}
+      - {field: sport, label: sport}
+      - {field: dport, label: dport}
+      - {field: proto, label: proto}
+"#;
+
+/// The daemon's whole path from the map to the text: the probe's samples
+/// (its own batch read), its families, the encoder; returns the text and
+/// the number of samples.
+fn daemon_path(pm: &mut ProbeManager, openmetrics: bool) -> Result<(String, usize)> {
+    let samples = pm.samples_of(&["bench".to_string()]);
+    let mut fams = Vec::new();
+    vtap_core::exposition::probe_families(samples, None, None, &mut fams);
+    let n = fams.iter().map(|f| f.samples.len()).sum();
+    let text = if openmetrics {
+        vtap_core::exposition::encode_openmetrics(fams)?
+    } else {
+        vtap_core::exposition::encode_text(fams)?
+    };
+    Ok((text, n))
+}
+
+/// Injects the flow probe; returns the manager and its `flows` map.
+fn inject_flow_probe() -> Result<(ProbeManager, aya::maps::MapData)> {
+    let mut spec: ProbeSpec = serde_yaml::from_str(FLOW_SPEC).context("FLOW_SPEC")?;
+    spec.source = Some(FLOW_C.to_string());
+    let mut pm = ProbeManager::new();
+    pm.inject(spec, &Links::default()).map_err(|e| match e {
+        vtap_core::probes::manager::ProbeManagerError::Invalid(errs) => {
+            anyhow!("inject the flow probe: {errs:?}")
         }
-        let value = layout.value.decode(v)?;
-        let x = value
-            .get("packets")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| anyhow!("no packets in the value"))?;
-        fam.get_or_create(&labels).inc_by(x.max(0.0) as u64);
+        e => anyhow!("inject the flow probe: {e}"),
+    })?;
+    let id = pm
+        .status("bench")
+        .and_then(|s| s.program_id)
+        .ok_or_else(|| anyhow!("the flow probe has no program id"))?;
+    let prog = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .find(|p| p.id() == id)
+        .ok_or_else(|| anyhow!("program {id} is not loaded"))?;
+    for map_id in prog.map_ids()?.unwrap_or_default() {
+        let info = aya::maps::MapInfo::from_id(map_id)?;
+        if info.name_as_str() == Some("flows") {
+            return Ok((pm, aya::maps::MapData::from_id(map_id)?));
+        }
     }
-    let mut r = Registry::default();
-    r.register(OM_NAME, OM_HELP, fam);
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &r)?;
-    Ok(out)
+    bail!("the flow probe's program uses no map named flows")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -409,17 +439,19 @@ enum Extract {
     Json,
     Values,
     OmDirect,
-    OmClient,
+    DaemonOm,
+    DaemonText,
     Iterative,
 }
 
 impl Extract {
-    const ALL: [Extract; 6] = [
+    const ALL: [Extract; 7] = [
         Extract::Batch,
         Extract::Json,
         Extract::Values,
         Extract::OmDirect,
-        Extract::OmClient,
+        Extract::DaemonOm,
+        Extract::DaemonText,
         Extract::Iterative,
     ];
     fn name(self) -> &'static str {
@@ -428,7 +460,8 @@ impl Extract {
             Extract::Json => "batch_read+json_text",
             Extract::Values => "batch_read+serde_json_values",
             Extract::OmDirect => "batch_read+openmetrics_direct",
-            Extract::OmClient => "batch_read+openmetrics_prometheus_client",
+            Extract::DaemonOm => "daemon_openmetrics",
+            Extract::DaemonText => "daemon_prometheus_text",
             Extract::Iterative => "iterative_read",
         }
     }
@@ -441,8 +474,19 @@ fn extract_once(
     fd: BorrowedFd<'_>,
     layout: &MapLayout,
     f: &FlowFields,
+    pm: &mut ProbeManager,
 ) -> Result<(f64, Value)> {
     let t = Instant::now();
+    if matches!(kind, Extract::DaemonOm | Extract::DaemonText) {
+        let (text, n) = daemon_path(pm, kind == Extract::DaemonOm)?;
+        let elapsed = ms(t.elapsed());
+        let size = text.len();
+        drop(text);
+        return Ok((
+            elapsed,
+            json!({ "entries": n, "batched": true, "output_bytes": size }),
+        ));
+    }
     let method = if kind == Extract::Iterative {
         Method::Iterative
     } else {
@@ -483,13 +527,18 @@ fn extract_once(
             done!(v, |_: &Vec<Value>| Value::Null)
         }
         Extract::OmDirect => done!(openmetrics_direct(f, &entries)?, |s: &String| s.len()),
-        Extract::OmClient => done!(openmetrics_client(layout, f, &entries)?, |s: &String| s
-            .len()),
+        Extract::DaemonOm | Extract::DaemonText => unreachable!("returned above"),
     }
 }
 
 /// Untimed: the outputs agree with each other (sizes up to 10,000).
-fn cross_check(fd: BorrowedFd<'_>, layout: &MapLayout, f: &FlowFields, n: usize) -> Result<Value> {
+fn cross_check(
+    fd: BorrowedFd<'_>,
+    layout: &MapLayout,
+    f: &FlowFields,
+    pm: &mut ProbeManager,
+    n: usize,
+) -> Result<Value> {
     let e = batch::read(fd, Method::Batch)?;
     let it = batch::read(fd, Method::Iterative)?;
     let mut a = e.to_pairs();
@@ -512,10 +561,23 @@ fn cross_check(fd: BorrowedFd<'_>, layout: &MapLayout, f: &FlowFields, n: usize)
     }
     let om = openmetrics_direct(f, &e)?;
     let samples = om.lines().filter(|l| !l.starts_with('#')).count();
-    let client = openmetrics_client(layout, f, &e)?;
+    let (client, _) = daemon_path(pm, true)?;
     let client_samples = client.lines().filter(|l| !l.starts_with('#')).count();
-    if samples != n || client_samples != n {
-        bail!("OpenMetrics: {samples} / {client_samples} samples for {n} entries");
+    let (text, _) = daemon_path(pm, false)?;
+    let text_samples = text.lines().filter(|l| !l.starts_with('#')).count();
+    if samples != n || client_samples != n || text_samples != n {
+        bail!(
+            "OpenMetrics: {samples} (direct) / {client_samples} (daemon) samples, {text_samples} in the text format, for {n} entries"
+        );
+    }
+    // The same samples, whatever the order: the direct writer's lines
+    // against the daemon's (its label set is the same, in the same order).
+    let mut a: Vec<&str> = om.lines().filter(|l| !l.starts_with('#')).collect();
+    let mut b: Vec<&str> = client.lines().filter(|l| !l.starts_with('#')).collect();
+    a.sort_unstable();
+    b.sort_unstable();
+    if a != b {
+        bail!("the direct OpenMetrics writer and the daemon's encoder disagree");
     }
     Ok(json!({
         "batch_equals_iterative": true,
@@ -523,7 +585,8 @@ fn cross_check(fd: BorrowedFd<'_>, layout: &MapLayout, f: &FlowFields, n: usize)
         "openmetrics_samples": samples,
         "first_json_entry": parsed.get(0),
         "first_openmetrics_sample": om.lines().nth(2),
-        "first_prometheus_client_sample": client.lines().find(|l| !l.starts_with('#')),
+        "first_daemon_openmetrics_sample": client.lines().find(|l| !l.starts_with('#')),
+        "first_daemon_text_sample": text.lines().find(|l| !l.starts_with('#')),
     }))
 }
 
@@ -531,6 +594,7 @@ fn part_extract(
     fd: BorrowedFd<'_>,
     layout: &MapLayout,
     f: &FlowFields,
+    pm: &mut ProbeManager,
     sizes: &[usize],
     runs: usize,
 ) -> Result<Value> {
@@ -539,7 +603,7 @@ fn part_extract(
         check_interrupted()?;
         refill(fd, n)?;
         let check = if n <= 10_000 {
-            cross_check(fd, layout, f, n)?
+            cross_check(fd, layout, f, pm, n)?
         } else {
             json!("skipped (size)")
         };
@@ -552,7 +616,7 @@ fn part_extract(
                 if run >= caps[j] {
                     continue;
                 }
-                let (t, what) = extract_once(kind, fd, layout, f)?;
+                let (t, what) = extract_once(kind, fd, layout, f, pm)?;
                 if what["entries"] != json!(n) {
                     bail!(
                         "{}: {} entries read, {n} in the map",
@@ -582,12 +646,13 @@ fn part_extract(
         }
         let m = |k: Extract| med(&samples[Extract::ALL.iter().position(|x| *x == k).unwrap()]);
         eprintln!(
-            "[extract] {n:>9} entries: batch {} ms, +json {} ms, +values {} ms, +om {} ms, +om(pc) {} ms, iterative {} ms (others {outside_pct:.1} %)",
+            "[extract] {n:>9} entries: batch {} ms, +json {} ms, +values {} ms, +om {} ms, daemon om {} ms, daemon text {} ms, iterative {} ms (others {outside_pct:.1} %)",
             fmt_ms(m(Extract::Batch)),
             fmt_ms(m(Extract::Json)),
             fmt_ms(m(Extract::Values)),
             fmt_ms(m(Extract::OmDirect)),
-            fmt_ms(m(Extract::OmClient)),
+            fmt_ms(m(Extract::DaemonOm)),
+            fmt_ms(m(Extract::DaemonText)),
             fmt_ms(m(Extract::Iterative)),
         );
         out.push(json!({
@@ -1196,9 +1261,12 @@ fn markdown(report: &Value, targets: &mut Vec<Value>) -> String {
         );
         let _ = writeln!(
             md,
-            "| entries | (a) batch read | (b) + JSON text | (c) + serde_json Values | (d) + OpenMetrics, direct strings | (d2) + OpenMetrics, prometheus-client | (e) iterative read | (e)/(a) | (b) vs Dynmon 10k (1,300 ms) | runs |"
+            "| entries | (a) batch read | (b) + JSON text | (c) + serde_json Values | (d) + OpenMetrics, direct strings | (f) daemon: samples + OpenMetrics | (g) daemon: samples + Prometheus text | (e) iterative read | (e)/(a) | (b) vs Dynmon 10k (1,300 ms) | runs |"
         );
-        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(
+            md,
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
         for e in ex {
             let m = &e["methods"];
             let g = |k: Extract| f(&m[k.name()]["median_ms"]);
@@ -1209,13 +1277,14 @@ fn markdown(report: &Value, targets: &mut Vec<Value>) -> String {
             let n = e["entries"].as_u64().unwrap_or(0);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {:.1}× | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1}× | {} | {} |",
                 n,
                 fmt_ms(g(Extract::Batch)),
                 fmt_ms(g(Extract::Json)),
                 fmt_ms(g(Extract::Values)),
                 fmt_ms(g(Extract::OmDirect)),
-                fmt_ms(g(Extract::OmClient)),
+                fmt_ms(g(Extract::DaemonOm)),
+                fmt_ms(g(Extract::DaemonText)),
                 fmt_ms(g(Extract::Iterative)),
                 f(&e["iterative_over_batch"]),
                 if n == 10_000 {
@@ -1230,7 +1299,7 @@ fn markdown(report: &Value, targets: &mut Vec<Value>) -> String {
                     for (k, what) in [
                         (Extract::Json, "JSON text"),
                         (Extract::OmDirect, "OpenMetrics (direct)"),
-                        (Extract::OmClient, "OpenMetrics (prometheus-client)"),
+                        (Extract::DaemonOm, "OpenMetrics (the daemon's path)"),
                     ] {
                         targets.push(json!({
                             "target": format!("{n} entries to {what} <= {limit} ms"),
@@ -1243,7 +1312,7 @@ fn markdown(report: &Value, targets: &mut Vec<Value>) -> String {
         }
         let _ = writeln!(
             md,
-            "\nEvery column includes the read. (d): one sample per entry, `vtap_probe_flow_packets_total{{probe=\"bench\",saddr=…,daddr=…,sport=…,dport=…,proto=…}} packets`, labels with `layout.key.field(..).format(..)` (ipv4 / decimal), value with `Field::format(Decimal)`, appended to one pre-sized `String`. (d2): the daemon's way — label vectors per sample, the value decoded to serde_json and picked, a prometheus-client `Family<Vec<(String, String)>, Counter>`, `encode`. Freeing the output is not timed. runs = runs of (a)/(b)/(c)/(d)/(d2)/(e)."
+            "\nEvery column includes the read. (d): one sample per entry, `vtap_probe_flow_packets_total{{probe=\"bench\",saddr=…,daddr=…,sport=…,dport=…,proto=…}} packets`, labels with `layout.key.field(..).format(..)` (ipv4 / decimal), value with `Field::format(Decimal)`, appended to one pre-sized `String`. (f), (g): the daemon's own code on the same map injected as a probe (`ProbeManager::samples_of` — its batch read, labels formatted from the key bytes, the value field read from the value bytes — then `vtap_core::exposition::probe_families` and `encode_openmetrics` (prometheus-client's encoder) or `encode_text` (the prometheus crate's)), as `/api/v1/probes/bench/metrics?format=openmetrics` and `/metrics` do it. Freeing the output is not timed. runs = runs of (a)/(b)/(c)/(d)/(f)/(g)/(e)."
         );
     }
     if let Some(rs) = report["reset"].as_array() {
@@ -1483,8 +1552,8 @@ fn real_main() -> Result<()> {
             );
         }
         let fields = FlowFields::new(&layout)?;
-        let ebpf = aya::Ebpf::load(&obj).context("aya::Ebpf::load of the flow object")?;
-        let fd = hash_map_fd(&ebpf, "flows")?;
+        let (mut pm, flows) = inject_flow_probe()?;
+        let fd = flows.fd().as_fd();
         let info = batch::MapInfo::of(fd)?;
         report["flow_map"] = json!({
             "object_bytes": obj.len(),
@@ -1498,7 +1567,7 @@ fn real_main() -> Result<()> {
         if want("extract") {
             report["quiet_waits"]["extract"] =
                 wait_sustained_quiet(&[], 10.0, Duration::from_secs(3), quiet_bound);
-            report["extraction"] = part_extract(fd, &layout, &fields, &sizes, runs)?;
+            report["extraction"] = part_extract(fd, &layout, &fields, &mut pm, &sizes, runs)?;
         }
         if want("reset") {
             check_interrupted()?;

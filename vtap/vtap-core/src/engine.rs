@@ -319,7 +319,7 @@ impl Engine {
     pub fn evaluate_conditions(
         &mut self,
         now: std::time::Instant,
-        samples: &BTreeMap<String, Vec<crate::probes::manager::Sample>>,
+        samples: &BTreeMap<String, Vec<crate::probes::manager::MetricSamples>>,
     ) -> Result<Vec<crate::policy::when::Change>, EngineError> {
         let changes = self.conditions.evaluate(now, samples);
         if changes.is_empty() {

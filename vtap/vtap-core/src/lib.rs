@@ -12,6 +12,7 @@
 pub mod capture;
 pub mod datapath;
 pub mod engine;
+pub mod exposition;
 pub mod netlink;
 pub mod policy;
 pub mod probes;

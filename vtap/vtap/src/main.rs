@@ -13,6 +13,12 @@ mod wire;
 
 use std::process::ExitCode;
 
+/// mimalloc: exporting a probe map of 1M entries is millions of small
+/// label strings per scrape; glibc's malloc/free were a third of that time
+/// (BENCHMARKS.md §6).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 

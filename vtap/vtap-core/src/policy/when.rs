@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::probes::manager::Sample;
+use crate::probes::manager::MetricSamples;
 use crate::probes::spec::MetricKind;
 
 /// How often the daemon evaluates conditions.
@@ -278,7 +278,7 @@ impl Conditions {
     pub fn evaluate(
         &mut self,
         now: Instant,
-        samples: &BTreeMap<String, Vec<Sample>>,
+        samples: &BTreeMap<String, Vec<MetricSamples>>,
     ) -> Vec<Change> {
         let mut changes = Vec::new();
         for (name, st) in self.states.iter_mut() {
@@ -290,15 +290,11 @@ impl Conditions {
                     let mut sum = 0.0;
                     for s in ss.iter().filter(|s| s.metric == w.metric) {
                         kind = Some(s.kind);
-                        if w.labels
-                            .iter()
-                            .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
-                        {
-                            sum += match &s.hist {
-                                Some(h) => h.count as f64,
-                                None => s.value,
-                            };
-                        }
+                        sum += match &s.hist {
+                            Some(h) if s.values_where(&w.labels).next().is_some() => h.count as f64,
+                            Some(_) => 0.0,
+                            None => s.values_where(&w.labels).sum::<f64>(),
+                        };
                     }
                     // A probe whose metric has no sample yet (empty map)
                     // has the value 0: its spec names the kind.
@@ -379,18 +375,18 @@ mod tests {
         serde_yaml::from_str(yaml).unwrap()
     }
 
-    fn sample(metric: &str, kind: MetricKind, dst: &str, v: f64) -> Sample {
-        Sample {
+    fn sample(metric: &str, kind: MetricKind, dst: &str, v: f64) -> MetricSamples {
+        MetricSamples {
             metric: metric.into(),
             help: String::new(),
             kind,
-            labels: vec![("dst".into(), dst.into())],
-            value: v,
+            label_names: vec!["dst".into()],
+            rows: vec![(vec![dst.into()], v)],
             hist: None,
         }
     }
 
-    fn probe(ss: Vec<Sample>) -> BTreeMap<String, Vec<Sample>> {
+    fn probe(ss: Vec<MetricSamples>) -> BTreeMap<String, Vec<MetricSamples>> {
         BTreeMap::from([("syn-flood".to_string(), ss)])
     }
 

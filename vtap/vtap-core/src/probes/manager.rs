@@ -24,7 +24,7 @@ use vtap_abi::Dir;
 
 use super::MapLayout;
 use super::batch::{self, Method};
-use super::btf::{Btf, Field};
+use super::btf::{Aggregation, Btf, Field};
 use super::compile::{self, CompileError};
 use super::spec::{self, Hook, MetricKind, MetricSpec, ProbeSpec};
 use crate::netlink::Links;
@@ -56,6 +56,9 @@ struct Metric {
     spec: MetricSpec,
     layout: MapLayout,
     key_fields: Vec<(Field, super::btf::LabelFormat, String)>,
+    /// The value field of the samples, resolved once (`None`: it does not
+    /// resolve to a number, the samples go through the decoded value).
+    value_field: Option<Field>,
     /// `reset_on_read`: what was drained from the map, by raw key.
     acc: std::sync::Mutex<Accumulated>,
 }
@@ -189,22 +192,46 @@ pub struct ProbeStatus {
     pub loaded_unix_ms: u64,
 }
 
-/// One exported sample for Prometheus.
+/// The exported samples of one metric of one probe, for Prometheus: one
+/// row per map entry (per CPU with `aggregate: none`), all with the same
+/// label names.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Sample {
+pub struct MetricSamples {
     /// Metric name (without prefix).
     pub metric: String,
     /// Help.
     pub help: String,
     /// Type.
     pub kind: MetricKind,
-    /// Labels (static, then key fields; `cpu` for per-CPU `none`).
-    pub labels: Vec<(String, String)>,
-    /// Value (counters, gauges).
-    pub value: f64,
+    /// Label names: static labels, then key fields, then `cpu` for per-CPU
+    /// `none`.
+    pub label_names: Vec<String>,
+    /// Label values (in the order of `label_names`) and the value of each
+    /// sample (counters, gauges); histograms have one row of their static
+    /// label values.
+    pub rows: Vec<(Vec<String>, f64)>,
     /// Histograms: the buckets (upper bound, count — not cumulative; the
     /// last bound is `f64::MAX` for +Inf), the sum and the count.
     pub hist: Option<HistSample>,
+}
+
+impl MetricSamples {
+    /// The value of every row whose labels include all of `want`.
+    pub fn values_where<'a>(
+        &'a self,
+        want: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = f64> + 'a {
+        let idx: Option<Vec<(usize, &String)>> = want
+            .iter()
+            .map(|(k, v)| self.label_names.iter().position(|n| n == k).map(|i| (i, v)))
+            .collect();
+        self.rows.iter().filter_map(move |(values, x)| {
+            let idx = idx.as_ref()?;
+            idx.iter()
+                .all(|(i, v)| values.get(*i) == Some(*v))
+                .then_some(*x)
+        })
+    }
 }
 
 /// One histogram sample.
@@ -297,10 +324,12 @@ fn resolve_metrics(s: &ProbeSpec, btf: &Btf) -> Result<Vec<Metric>, ProbeManager
                 e.to_string(),
             ));
         }
+        let value_field = layout.value.field(&m.value_field).ok();
         out.push(Metric {
             spec: m.clone(),
             layout,
             key_fields,
+            value_field,
             acc: Default::default(),
         });
     }
@@ -641,16 +670,19 @@ impl ProbeManager {
     }
 
     /// Every probe's samples for `/metrics`, by probe name.
-    pub fn samples(&mut self) -> BTreeMap<String, Vec<Sample>> {
+    pub fn samples(&mut self) -> BTreeMap<String, Vec<MetricSamples>> {
         self.samples_where(|_| true)
     }
 
     /// The samples of the named probes (those that exist).
-    pub fn samples_of(&mut self, names: &[String]) -> BTreeMap<String, Vec<Sample>> {
+    pub fn samples_of(&mut self, names: &[String]) -> BTreeMap<String, Vec<MetricSamples>> {
         self.samples_where(|n| names.iter().any(|x| x == n))
     }
 
-    fn samples_where(&mut self, want: impl Fn(&str) -> bool) -> BTreeMap<String, Vec<Sample>> {
+    fn samples_where(
+        &mut self,
+        want: impl Fn(&str) -> bool,
+    ) -> BTreeMap<String, Vec<MetricSamples>> {
         let mut out = BTreeMap::new();
         for (name, p) in self.probes.iter_mut().filter(|(n, _)| want(n)) {
             if let Err(e) = p.snapshot() {
@@ -904,7 +936,7 @@ impl Probe {
     }
 
     /// A histogram metric: one sample from its bucket-indexed map.
-    fn histogram(&self, m: &Metric) -> Result<Sample, ProbeManagerError> {
+    fn histogram(&self, m: &Metric) -> Result<MetricSamples, ProbeManagerError> {
         let n = m.spec.buckets.len();
         let mut counts = vec![0u64; n + 1];
         let mut sum = 0.0;
@@ -930,17 +962,12 @@ impl Probe {
             .chain(std::iter::once(f64::MAX))
             .zip(counts.iter().copied())
             .collect();
-        Ok(Sample {
+        Ok(MetricSamples {
             metric: m.spec.name.clone(),
             help: m.spec.help.clone(),
             kind: MetricKind::Histogram,
-            labels: m
-                .spec
-                .labels
-                .iter()
-                .map(|(a, b)| (a.clone(), b.clone()))
-                .collect(),
-            value: 0.0,
+            label_names: m.spec.labels.keys().cloned().collect(),
+            rows: vec![(m.spec.labels.values().cloned().collect(), 0.0)],
             hist: Some(HistSample {
                 count: counts.iter().sum(),
                 buckets,
@@ -981,51 +1008,99 @@ impl Probe {
         Ok((rows, split && entries.map_type().is_per_cpu()))
     }
 
-    fn samples(&self) -> Result<Vec<Sample>, ProbeManagerError> {
+    fn samples(&self) -> Result<Vec<MetricSamples>, ProbeManagerError> {
         let mut out = Vec::new();
         for m in &self.metrics {
             if m.spec.kind == MetricKind::Histogram {
                 out.push(self.histogram(m)?);
                 continue;
             }
-            let (rows, per_cpu) = self.current(m)?;
-            for (k, _, value) in &rows {
-                let mut labels: Vec<(String, String)> = m
-                    .spec
-                    .labels
-                    .iter()
-                    .map(|(a, b)| (a.clone(), b.clone()))
-                    .collect();
-                for (f, fmt, label) in &m.key_fields {
-                    let text = f
-                        .format(k, *fmt)
-                        .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?;
-                    labels.push((label.clone(), text));
+            let mut ms = MetricSamples {
+                metric: m.spec.name.clone(),
+                help: m.spec.help.clone(),
+                kind: m.spec.kind,
+                label_names: m.spec.labels.keys().cloned().collect(),
+                rows: Vec::new(),
+                hist: None,
+            };
+            ms.label_names
+                .extend(m.key_fields.iter().map(|(_, _, l)| l.clone()));
+            let labels = |k: &[u8], cpu: Option<usize>| -> Result<Vec<String>, ProbeManagerError> {
+                let mut v: Vec<String> = Vec::with_capacity(ms_width(m) + 1);
+                v.extend(m.spec.labels.values().cloned());
+                for (f, fmt, _) in &m.key_fields {
+                    v.push(
+                        f.format(k, *fmt)
+                            .map_err(|e| ProbeManagerError::Kernel(e.to_string()))?,
+                    );
                 }
-                let values: Vec<(Option<usize>, &Value)> = match value {
-                    Value::Array(a) if per_cpu => {
-                        a.iter().enumerate().map(|(c, v)| (Some(c), v)).collect()
+                if let Some(c) = cpu {
+                    v.push(c.to_string());
+                }
+                Ok(v)
+            };
+            let split = m.spec.aggregate.aggregation().is_none();
+            let accumulating = m.spec.reset_on_read || m.spec.snapshot;
+            match (&m.value_field, accumulating) {
+                // The map as it is, the value field read straight from the
+                // bytes (no decoded JSON value per entry).
+                (Some(field), false) => {
+                    let entries = self.read_map(m)?;
+                    let per_cpu = entries.map_type().is_per_cpu();
+                    if per_cpu && split {
+                        ms.label_names.push("cpu".into());
                     }
-                    v => vec![(None, v)],
-                };
-                for (cpu, val) in values {
-                    let Some(x) = pick(val, &m.spec.value_field) else {
-                        continue;
-                    };
-                    let mut labels = labels.clone();
-                    if let Some(c) = cpu {
-                        labels.push(("cpu".into(), c.to_string()));
+                    let stride = m.layout.value.per_cpu_stride();
+                    let number = |b: &[u8]| -> Option<f64> { field.decode(b).ok()?.as_f64() };
+                    for (k, v) in entries.iter() {
+                        if !per_cpu {
+                            if let Some(x) = number(v) {
+                                ms.rows.push((labels(k, None)?, x));
+                            }
+                            continue;
+                        }
+                        let slots = v.chunks_exact(stride.max(1)).map(number);
+                        match m.spec.aggregate.aggregation() {
+                            None => {
+                                for (c, x) in slots.enumerate() {
+                                    if let Some(x) = x {
+                                        ms.rows.push((labels(k, Some(c))?, x));
+                                    }
+                                }
+                            }
+                            Some(how) => {
+                                let xs: Option<Vec<f64>> = slots.collect();
+                                if let Some(x) = xs.and_then(|xs| aggregate(&xs, how)) {
+                                    ms.rows.push((labels(k, None)?, x));
+                                }
+                            }
+                        }
                     }
-                    out.push(Sample {
-                        metric: m.spec.name.clone(),
-                        help: m.spec.help.clone(),
-                        kind: m.spec.kind,
-                        labels,
-                        value: x,
-                        hist: None,
-                    });
+                }
+                _ => {
+                    let (rows, per_cpu) = self.current(m)?;
+                    if per_cpu {
+                        ms.label_names.push("cpu".into());
+                    }
+                    for (k, _, value) in &rows {
+                        match value {
+                            Value::Array(a) if per_cpu => {
+                                for (c, v) in a.iter().enumerate() {
+                                    if let Some(x) = pick(v, &m.spec.value_field) {
+                                        ms.rows.push((labels(k, Some(c))?, x));
+                                    }
+                                }
+                            }
+                            v => {
+                                if let Some(x) = pick(v, &m.spec.value_field) {
+                                    ms.rows.push((labels(k, None)?, x));
+                                }
+                            }
+                        }
+                    }
                 }
             }
+            out.push(ms);
         }
         Ok(out)
     }
@@ -1102,6 +1177,22 @@ fn grace_period() {
 
 /// The number at `path` (dot-separated) of a decoded value; the value
 /// itself for an empty path.
+/// The number of labels of a metric's samples (static and key fields).
+fn ms_width(m: &Metric) -> usize {
+    m.spec.labels.len() + m.key_fields.len()
+}
+
+/// Per-CPU numbers combined as a spec's `aggregate` says.
+fn aggregate(xs: &[f64], how: Aggregation) -> Option<f64> {
+    let first = *xs.first()?;
+    Some(match how {
+        Aggregation::Sum => xs.iter().sum(),
+        Aggregation::Avg => xs.iter().sum::<f64>() / xs.len() as f64,
+        Aggregation::Min => xs.iter().copied().fold(first, f64::min),
+        Aggregation::Max => xs.iter().copied().fold(first, f64::max),
+    })
+}
+
 fn pick(v: &Value, path: &str) -> Option<f64> {
     let mut cur = v;
     if !path.is_empty() {

@@ -225,11 +225,11 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Respon
             let mut fams = crate::metrics::families(&c.engine, &caps)
                 .map_err(|e| ApiError::unavailable("reading counters", e))?;
             fams.extend(crate::metrics::device_families(&c.engine, &tx));
-            crate::metrics::probe_families(&probe_samples, None, None, &mut fams);
+            crate::metrics::probe_families(probe_samples, None, None, &mut fams);
             if om {
-                crate::metrics::encode_openmetrics(&fams)
+                crate::metrics::encode_openmetrics(fams)
             } else {
-                crate::metrics::encode_text(&fams)
+                crate::metrics::encode_text(fams)
             }
             .map_err(|e| ApiError::internal("encoding metrics", e))
         })

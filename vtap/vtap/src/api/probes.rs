@@ -209,8 +209,8 @@ async fn metrics_of(
             return Err(ApiError::NotFound(format!("no probe named {name}")));
         }
         let mut fams = Vec::new();
-        crate::metrics::probe_families(&samples, Some(&name), only.as_deref(), &mut fams);
-        let text = crate::metrics::encode_openmetrics(&fams)
+        crate::metrics::probe_families(samples, Some(&name), only.as_deref(), &mut fams);
+        let text = crate::metrics::encode_openmetrics(fams)
             .map_err(|e| ApiError::internal("encoding metrics", e))?;
         return Ok(([(header::CONTENT_TYPE, crate::metrics::OPENMETRICS)], text).into_response());
     }
