@@ -65,6 +65,72 @@ pub fn tc(tb: &Testbed, args: &[&str]) -> Result<cmd::Output> {
     cmd::run_ok(&mut c, SHORT)
 }
 
+/// The floor of a BPF tap: a minimal TC program,
+/// `int prog(struct __sk_buff *skb) { BODY }`, compiled here with clang-19
+/// and attached with cls_bpf direct-action on a clsact qdisc (added here) to
+/// both directions of `dev` in the testbed's host namespace. BODY may use
+/// `TC_ACT_UNSPEC` and the helpers `bpf_clone_redirect`,
+/// `bpf_skb_vlan_push` and `bpf_skb_vlan_pop` (declared by number). Remove
+/// it with `tc qdisc del dev DEV clsact`.
+pub fn bare_bpf_add(tb: &Testbed, dev: &str, name: &str, body: &str) -> Result<()> {
+    let dir = tb.path(&format!("bare-bpf-{name}"), "d");
+    std::fs::create_dir_all(&dir)?;
+    let src = dir.join("bare.c");
+    let obj = dir.join("bare.o");
+    std::fs::write(
+        &src,
+        format!(
+            "struct __sk_buff;\n\
+             #define TC_ACT_UNSPEC (-1)\n\
+             static long (*bpf_clone_redirect)(struct __sk_buff *skb, unsigned int ifindex, unsigned long long flags) = (void *)13;\n\
+             static long (*bpf_skb_vlan_push)(struct __sk_buff *skb, unsigned short proto, unsigned short tci) = (void *)18;\n\
+             static long (*bpf_skb_vlan_pop)(struct __sk_buff *skb) = (void *)19;\n\
+             __attribute__((section(\"tc\"), used)) int prog(struct __sk_buff *skb) {{ {body} }}\n\
+             char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n"
+        ),
+    )?;
+    let o = std::process::Command::new("clang-19")
+        .args([
+            "-O2",
+            "-Wall",
+            "-Wno-unused-variable",
+            "-target",
+            "bpf",
+            "-c",
+        ])
+        .arg(&src)
+        .arg("-o")
+        .arg(&obj)
+        .output()?;
+    if !o.status.success() {
+        bail!("clang-19: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let obj = obj.to_string_lossy().to_string();
+    tc(tb, &["qdisc", "add", "dev", dev, "clsact"])?;
+    for d in ["ingress", "egress"] {
+        tc(
+            tb,
+            &[
+                "filter", "add", "dev", dev, d, "bpf", "da", "obj", &obj, "sec", "tc",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// The ifindex of `dev` in the testbed's host namespace.
+pub fn host_ifindex(tb: &Testbed, dev: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(dev)?;
+    let i = vtap_testbed::netns::in_netns(&tb.host_ns, move || {
+        // SAFETY: a valid NUL-terminated name.
+        Ok(unsafe { libc::if_nametoindex(c.as_ptr()) })
+    })?;
+    if i == 0 {
+        bail!("no interface {dev} in {}", tb.host_ns);
+    }
+    Ok(i)
+}
+
 pub fn workspace_root() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     p.canonicalize().unwrap_or(p)

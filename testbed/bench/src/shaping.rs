@@ -239,42 +239,6 @@ fn mirred_add(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// The floor of any tap: a BPF program that does nothing but return
-/// TC_ACT_UNSPEC, on both directions of the tap (cls_bpf direct-action on
-/// clsact), compiled here with clang-19.
-fn bare_add(tb: &Testbed) -> Result<()> {
-    let dir = tb.path("bare-bpf", "d");
-    std::fs::create_dir_all(&dir)?;
-    let src = dir.join("bare.c");
-    let obj = dir.join("bare.o");
-    std::fs::write(
-        &src,
-        "struct __sk_buff;\n/* -1 = TC_ACT_UNSPEC */\n\
-         __attribute__((section(\"tc\"), used)) int pass(struct __sk_buff *skb) { return -1; }\n\
-         char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
-    )?;
-    let o = std::process::Command::new("clang-19")
-        .args(["-O2", "-target", "bpf", "-c"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&obj)
-        .output()?;
-    if !o.status.success() {
-        bail!("clang-19: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    let obj = obj.to_string_lossy().to_string();
-    tc(tb, &["qdisc", "add", "dev", TAP, "clsact"])?;
-    for d in ["ingress", "egress"] {
-        tc(
-            tb,
-            &[
-                "filter", "add", "dev", TAP, d, "bpf", "da", "obj", &obj, "sec", "tc",
-            ],
-        )?;
-    }
-    Ok(())
-}
-
 /// Removes the clsact qdisc when dropped (also on error paths).
 struct MirredGuard<'a>(&'a Testbed, bool);
 
@@ -376,7 +340,7 @@ fn run_one(
         }
         Config::BarePass => {
             guard.1 = true;
-            bare_add(tb)?;
+            bare_bpf_add(tb, TAP, "pass", "return TC_ACT_UNSPEC;")?;
         }
     }
     let ours = netns_inodes(tb);

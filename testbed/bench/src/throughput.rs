@@ -73,15 +73,33 @@ enum Config {
     NoTap,
     Vtap,
     Mirred,
+    /// The floor of any BPF tap: a program that only returns TC_ACT_UNSPEC.
+    BarePass,
+    /// The floor of a BPF tap that copies: only `bpf_clone_redirect` to
+    /// mon0 (no tag, no parsing, no counters).
+    BareClone,
+    /// The floor of vtap's copy: push the VLAN tag, `bpf_clone_redirect`,
+    /// pop the tag — nothing else.
+    BareCloneVlan,
 }
 
 impl Config {
-    const ALL: [Config; 3] = [Config::NoTap, Config::Vtap, Config::Mirred];
+    const ALL: [Config; 6] = [
+        Config::NoTap,
+        Config::Vtap,
+        Config::Mirred,
+        Config::BarePass,
+        Config::BareClone,
+        Config::BareCloneVlan,
+    ];
     fn name(self) -> &'static str {
         match self {
             Config::NoTap => "no-tap",
             Config::Vtap => "vtap",
             Config::Mirred => "tc-mirred",
+            Config::BarePass => "bare-bpf-pass",
+            Config::BareClone => "bare-bpf-clone",
+            Config::BareCloneVlan => "bare-bpf-vlan-clone",
         }
     }
 }
@@ -766,6 +784,23 @@ fn run_one(
             guard.1 = true;
             mirred_add(tb)?;
         }
+        Config::BarePass => {
+            guard.1 = true;
+            bare_bpf_add(tb, TAP, "pass", "return TC_ACT_UNSPEC;")?;
+        }
+        Config::BareClone | Config::BareCloneVlan => {
+            let mon = host_ifindex(tb, "mon0")?;
+            let body = if config == Config::BareClone {
+                format!("bpf_clone_redirect(skb, {mon}, 0); return TC_ACT_UNSPEC;")
+            } else {
+                // 0x0081: htons(ETH_P_8021Q) on this little-endian machine.
+                format!(
+                    "if (bpf_skb_vlan_push(skb, 0x0081, 100) == 0) {{ bpf_clone_redirect(skb, {mon}, 0); bpf_skb_vlan_pop(skb); }} return TC_ACT_UNSPEC;"
+                )
+            };
+            guard.1 = true;
+            bare_bpf_add(tb, TAP, config.name(), &body)?;
+        }
     }
     sample.insert("setup_seconds".into(), json!(setup.elapsed().as_secs_f64()));
     sample.insert("tap_attachments_during".into(), tap_attachments(tb));
@@ -831,7 +866,9 @@ fn run_one(
         drop(d);
     }
     if guard.1 {
-        teardown.insert("mirred_actions".into(), mirred_stats(tb));
+        if config == Config::Mirred {
+            teardown.insert("mirred_actions".into(), mirred_stats(tb));
+        }
         guard.1 = false;
         mirred_del(tb)?;
     }
