@@ -3,7 +3,7 @@
 //! it to its capture ([`Captures`]). It never does I/O itself, so a slow disk
 //! or a slow subscriber cannot make the ring fill up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -78,12 +78,30 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
-/// Names of interfaces by index (cached; a miss asks the kernel).
+/// Names of interfaces by index (cached; a miss asks the kernel). The
+/// last answer is kept apart: consecutive records mostly come from the same
+/// tap, and this runs once per captured packet.
 #[derive(Default)]
-struct IfNames(HashMap<u32, Arc<str>>);
+struct IfNames(HashMap<u32, Arc<str>>, Option<(u32, Arc<str>)>);
 
 impl IfNames {
     fn get(&mut self, ifindex: u32) -> Arc<str> {
+        if let Some((i, n)) = &self.1
+            && *i == ifindex
+        {
+            return n.clone();
+        }
+        let n = self.lookup(ifindex);
+        self.1 = Some((ifindex, n.clone()));
+        n
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+        self.1 = None;
+    }
+
+    fn lookup(&mut self, ifindex: u32) -> Arc<str> {
         if let Some(n) = self.0.get(&ifindex) {
             return n.clone();
         }
@@ -144,6 +162,8 @@ fn run(
     let fd = ring.as_raw_fd();
     let mut names = IfNames::default();
     let mut policy_cache: HashMap<Bitmap, Arc<[String]>> = HashMap::new();
+    // The last policy list (consecutive records mostly share it).
+    let mut last_policies: Option<(Bitmap, Arc<[String]>)> = None;
     let mut routes = Routes::default();
     let mut last_refresh = std::time::Instant::now() - std::time::Duration::from_secs(10);
     let mut pending: Vec<Pending> = Vec::with_capacity(MAX_BATCH_RECORDS);
@@ -160,7 +180,8 @@ fn run(
         if last_refresh.elapsed() >= std::time::Duration::from_millis(100) {
             routes = captures.routes();
             policy_cache.clear();
-            names.0.clear();
+            last_policies = None;
+            names.clear();
             last_refresh = std::time::Instant::now();
         }
         let offset = realtime_offset_ns();
@@ -194,34 +215,43 @@ fn run(
             }
             let full = pending.len() == MAX_BATCH_RECORDS || buf.len() >= MAX_BATCH_BYTES;
             let buf = Bytes::from(buf);
-            let mut per_capture: BTreeMap<u8, Vec<Packet>> = BTreeMap::new();
+            // Per capture (output id) its packets; mostly one capture.
+            let mut per_capture: Vec<(u8, Vec<Packet>)> = Vec::new();
             for p in &pending {
                 if !routes.by_output.contains_key(&p.output) {
                     routes = captures.routes();
                     policy_cache.clear();
-                }
-                if !routes.by_output.contains_key(&p.output) {
-                    counters.unrouted.fetch_add(1, Ordering::Relaxed);
-                    continue;
+                    last_policies = None;
+                    if !routes.by_output.contains_key(&p.output) {
+                        counters.unrouted.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                 }
                 let h = &p.h;
-                let policies = policy_cache
-                    .entry(h.policies)
-                    .or_insert_with(|| {
-                        h.policies
-                            .iter()
-                            .map(|s| {
-                                routes
-                                    .slot_names
-                                    .get(&(s as u16))
-                                    .cloned()
-                                    .unwrap_or_else(|| format!("slot{s}"))
+                let policies = match &last_policies {
+                    Some((b, list)) if *b == h.policies => list.clone(),
+                    _ => {
+                        let list = policy_cache
+                            .entry(h.policies)
+                            .or_insert_with(|| {
+                                h.policies
+                                    .iter()
+                                    .map(|s| {
+                                        routes
+                                            .slot_names
+                                            .get(&(s as u16))
+                                            .cloned()
+                                            .unwrap_or_else(|| format!("slot{s}"))
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .into()
                             })
-                            .collect::<Vec<_>>()
-                            .into()
-                    })
-                    .clone();
-                per_capture.entry(p.output).or_default().push(Packet {
+                            .clone();
+                        last_policies = Some((h.policies, list.clone()));
+                        list
+                    }
+                };
+                let pkt = Packet {
                     ts_ns: (h.ts_ns as i128 + offset).max(0) as u64,
                     orig_len: h.orig_len,
                     data: buf.slice(p.off..p.off + p.len),
@@ -235,7 +265,15 @@ fn run(
                         },
                     },
                     policies,
-                });
+                };
+                match per_capture.iter_mut().rev().find(|(o, _)| *o == p.output) {
+                    Some((_, v)) => v.push(pkt),
+                    None => {
+                        let mut v = Vec::with_capacity(pending.len());
+                        v.push(pkt);
+                        per_capture.push((p.output, v));
+                    }
+                }
             }
             for (output, packets) in per_capture {
                 if let Some(cap) = routes.by_output.get(&output) {
