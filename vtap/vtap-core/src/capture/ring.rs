@@ -136,9 +136,11 @@ pub fn parse_record(rec: &[u8]) -> Option<(PcapRec, &[u8])> {
 }
 
 /// Records taken from the ring before they are handed on (a batch).
-const MAX_BATCH_RECORDS: usize = 4096;
-/// Bytes of packet data per batch buffer.
-const MAX_BATCH_BYTES: usize = 8 << 20;
+const MAX_BATCH_RECORDS: usize = 1024;
+/// Bytes of packet data per batch buffer: small enough that the file
+/// writer, on the same CPU, still finds them in its cache (8 MiB batches
+/// were written from memory; BENCHMARKS.md §5).
+const MAX_BATCH_BYTES: usize = 512 << 10;
 /// How long the reader sleeps when the ring is empty. The datapath wakes it
 /// early only when the unread data crosses an eighth of the ring (see
 /// `pcap_wakeup` in ebpf/vtap_tc.c), so this bounds the delay of a quiet
