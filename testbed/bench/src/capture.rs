@@ -56,7 +56,7 @@ use vtap_testbed::cmd;
 
 mod common;
 use common::*;
-use vtap_testbed::{Daemon, Metrics, Options, Testbed, vtap_bin};
+use vtap_testbed::{Daemon, Metrics, Options, Testbed};
 
 const TAP: &str = "vm1-tap";
 const CAPTURE: &str = "bench";
@@ -1176,42 +1176,6 @@ fn targets(summaries: &serde_json::Map<String, Value>) -> (Value, String) {
 // ---------------------------------------------------------------------------
 // Set-up.
 
-/// VTAP_BIN, else target/release/vtap, else the debug build (with a
-/// warning); exported as VTAP_BIN for the testbed library.
-fn choose_vtap_bin() -> Result<Value> {
-    let mut note = None;
-    if std::env::var_os("VTAP_BIN").is_none() {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join("target"));
-        let release = target.join("release").join("vtap");
-        let chosen = if release.exists() {
-            release
-        } else {
-            note = Some("target/release/vtap missing: using the debug build");
-            target.join("debug").join("vtap")
-        };
-        // SAFETY: called first thing in main, before any thread exists.
-        unsafe { std::env::set_var("VTAP_BIN", &chosen) };
-    }
-    let bin = vtap_bin();
-    if !bin.exists() {
-        bail!(
-            "vtap binary not found at {} (cargo build --release -p vtap, or set VTAP_BIN)",
-            bin.display()
-        );
-    }
-    if let Some(n) = note {
-        eprintln!("WARNING: {n}");
-    }
-    let mtime = std::fs::metadata(&bin)?.modified()?;
-    Ok(json!({
-        "path": bin.canonicalize().unwrap_or(bin.clone()),
-        "release": bin.components().any(|c| c.as_os_str() == "release"),
-        "modified_unix": mtime.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        "note": note,
-    }))
-}
 
 const USAGE: &str =
     "usage: bench-capture [OUT.json] [--out FILE] [--seconds N (10)] [--rounds N (1)]
@@ -1326,7 +1290,7 @@ fn real_main() -> Result<bool> {
         println!("{USAGE}");
         return Ok(true);
     }
-    let vtap_binary = choose_vtap_bin()?;
+    let vtap_binary = describe_vtap_bin(&choose_vtap_bin()?)?;
     let (set, out_path) = parse_args(&args)?;
     if !vtap_testbed::is_root() {
         bail!("needs root (network namespaces, TC, BPF)");

@@ -650,6 +650,62 @@ pub fn choose_vtap_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The newest modification time of a file under `dir` (skipping `target`
+/// and `.git`), with its path.
+fn newest_mtime(dir: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(md) = e.metadata() else { continue };
+        if md.is_dir() {
+            if p.file_name().is_some_and(|n| n == "target" || n == ".git") {
+                continue;
+            }
+            newest_mtime(&p, newest);
+        } else if let Ok(m) = md.modified()
+            && newest.as_ref().is_none_or(|(t, _)| m > *t)
+        {
+            *newest = Some((m, p));
+        }
+    }
+}
+
+/// A description of the vtap binary [`choose_vtap_bin`] chose, for a
+/// benchmark's JSON: path, release or not, modification time, and the
+/// newest source file under `vtap/` and `ebpf/` when the binary is older
+/// (warned about on stderr).
+pub fn describe_vtap_bin(bin: &Path) -> Result<serde_json::Value> {
+    let mtime = std::fs::metadata(bin)?.modified()?;
+    let mut newest = None;
+    for d in ["vtap", "ebpf"] {
+        newest_mtime(&workspace_root().join(d), &mut newest);
+    }
+    let stale = newest
+        .as_ref()
+        .filter(|(t, _)| *t > mtime)
+        .map(|(_, p)| p.clone());
+    if let Some(p) = &stale {
+        eprintln!(
+            "WARNING: {} is older than {} — rebuild with `cargo build --release -p vtap`",
+            bin.display(),
+            p.display()
+        );
+    }
+    let release = bin.components().any(|c| c.as_os_str() == "release");
+    Ok(serde_json::json!({
+        "path": bin.canonicalize().unwrap_or(bin.to_path_buf()),
+        "release": release,
+        "modified_unix": mtime
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        "older_than_source": stale,
+        "note": (!release).then_some("not a release build"),
+    }))
+}
+
 /// `taskset -a -p -c CPU PID`: every thread of the process on one CPU.
 pub fn pin_process(pid: u32, cpu: usize) -> Result<()> {
     cmd::run_ok(

@@ -43,7 +43,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -54,7 +54,7 @@ use vtap_testbed::cmd::{self, SHORT};
 
 mod common;
 use common::*;
-use vtap_testbed::{Metrics, Options, Testbed, vtap_bin};
+use vtap_testbed::{Metrics, Options, Testbed};
 
 const POLICY: &str =
     "version: 1\nname: all\ntaps: [vm1-tap]\noutputs: [{interface: mon0, vlan: 100}]\n";
@@ -1129,80 +1129,6 @@ fn summarize(regime: Regime, runs: &[Value]) -> (Value, String) {
 // ---------------------------------------------------------------------------
 // Set-up.
 
-fn newest_mtime(dir: &Path, newest: &mut Option<(SystemTime, PathBuf)>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        let Ok(md) = e.metadata() else { continue };
-        if md.is_dir() {
-            if p.file_name().is_some_and(|n| n == "target" || n == ".git") {
-                continue;
-            }
-            newest_mtime(&p, newest);
-        } else if let Ok(m) = md.modified()
-            && newest.as_ref().is_none_or(|(t, _)| m > *t)
-        {
-            *newest = Some((m, p));
-        }
-    }
-}
-
-/// Chooses the vtap binary (VTAP_BIN, else release, else debug) and exports
-/// it as VTAP_BIN for the testbed library. Returns a description for the JSON.
-fn choose_vtap_bin() -> Result<Value> {
-    let mut note = None;
-    if std::env::var_os("VTAP_BIN").is_none() {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join("target"));
-        let release = target.join("release").join("vtap");
-        let chosen = if release.exists() {
-            release
-        } else {
-            note = Some(
-                "target/release/vtap missing: using the debug build (build with `cargo build --release -p vtap`)",
-            );
-            target.join("debug").join("vtap")
-        };
-        // SAFETY: called first thing in main, before any thread exists.
-        unsafe { std::env::set_var("VTAP_BIN", &chosen) };
-    }
-    let bin = vtap_bin();
-    if !bin.exists() {
-        bail!(
-            "vtap binary not found at {} (cargo build --release -p vtap, or set VTAP_BIN)",
-            bin.display()
-        );
-    }
-    let mtime = std::fs::metadata(&bin)?.modified()?;
-    let mut newest = None;
-    for d in ["vtap", "ebpf"] {
-        newest_mtime(&workspace_root().join(d), &mut newest);
-    }
-    let stale = newest
-        .as_ref()
-        .filter(|(t, _)| *t > mtime)
-        .map(|(_, p)| p.clone());
-    if let Some(n) = note {
-        eprintln!("WARNING: {n}");
-    }
-    if let Some(p) = &stale {
-        eprintln!(
-            "WARNING: {} is older than {} — rebuild with `cargo build --release -p vtap`",
-            bin.display(),
-            p.display()
-        );
-    }
-    Ok(json!({
-        "path": bin.canonicalize().unwrap_or(bin.clone()),
-        "release": bin.components().any(|c| c.as_os_str() == "release"),
-        "modified_unix": mtime.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        "older_than_source": stale,
-        "note": note,
-    }))
-}
 
 fn main() -> std::process::ExitCode {
     match real_main() {
@@ -1223,7 +1149,7 @@ fn real_main() -> Result<bool> {
         );
         return Ok(true);
     }
-    let vtap_binary = choose_vtap_bin()?;
+    let vtap_binary = describe_vtap_bin(&choose_vtap_bin()?)?;
     if !vtap_testbed::is_root() {
         bail!("needs root (network namespaces, TC, BPF)");
     }
