@@ -1176,7 +1176,6 @@ fn targets(summaries: &serde_json::Map<String, Value>) -> (Value, String) {
 // ---------------------------------------------------------------------------
 // Set-up.
 
-
 const USAGE: &str =
     "usage: bench-capture [OUT.json] [--out FILE] [--seconds N (10)] [--rounds N (1)]
        [--regimes mtu,gso] [--methods none,tcpdump-256,tcpdump-full,vtap-256,vtap-full]

@@ -417,20 +417,9 @@ fn inject_flow_probe() -> Result<(ProbeManager, aya::maps::MapData)> {
         e => anyhow!("inject the flow probe: {e}"),
     })?;
     let id = pm
-        .status("bench")
-        .and_then(|s| s.program_id)
-        .ok_or_else(|| anyhow!("the flow probe has no program id"))?;
-    let prog = aya::programs::loaded_programs()
-        .filter_map(|p| p.ok())
-        .find(|p| p.id() == id)
-        .ok_or_else(|| anyhow!("program {id} is not loaded"))?;
-    for map_id in prog.map_ids()?.unwrap_or_default() {
-        let info = aya::maps::MapInfo::from_id(map_id)?;
-        if info.name_as_str() == Some("flows") {
-            return Ok((pm, aya::maps::MapData::from_id(map_id)?));
-        }
-    }
-    bail!("the flow probe's program uses no map named flows")
+        .map_id("bench", "flows")
+        .ok_or_else(|| anyhow!("the flow probe has no map named flows"))?;
+    Ok((pm, aya::maps::MapData::from_id(id)?))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

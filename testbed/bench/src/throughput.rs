@@ -1129,7 +1129,6 @@ fn summarize(regime: Regime, runs: &[Value]) -> (Value, String) {
 // ---------------------------------------------------------------------------
 // Set-up.
 
-
 fn main() -> std::process::ExitCode {
     match real_main() {
         Ok(true) => std::process::ExitCode::SUCCESS,

@@ -62,19 +62,10 @@ fn spec() -> ProbeSpec {
     s
 }
 
-/// The probe's map `name`, by the maps its program uses.
+/// The probe's map `name`.
 fn map_of(pm: &ProbeManager, name: &str) -> aya::maps::MapData {
-    let id = pm.status("samples").and_then(|s| s.program_id).expect("id");
-    let prog = aya::programs::loaded_programs()
-        .filter_map(|p| p.ok())
-        .find(|p| p.id() == id)
-        .expect("program loaded");
-    for m in prog.map_ids().unwrap().unwrap_or_default() {
-        if aya::maps::MapInfo::from_id(m).unwrap().name_as_str() == Some(name) {
-            return aya::maps::MapData::from_id(m).unwrap();
-        }
-    }
-    panic!("no map {name}");
+    let id = pm.map_id("samples", name).expect("the probe has the map");
+    aya::maps::MapData::from_id(id).unwrap()
 }
 
 /// Rows of one metric: label values → value.

@@ -669,6 +669,14 @@ impl ProbeManager {
         Ok(out)
     }
 
+    /// The kernel id of the map `map` of the running version of probe
+    /// `name` (open it with `aya::maps::MapData::from_id`, e.g. to fill it
+    /// in a test or a benchmark).
+    pub fn map_id(&self, name: &str, map: &str) -> Option<u32> {
+        let m = self.probes.get(name)?.ebpf.map(map)?;
+        Some(map_data(m)?.info().ok()?.id())
+    }
+
     /// Every probe's samples for `/metrics`, by probe name.
     pub fn samples(&mut self) -> BTreeMap<String, Vec<MetricSamples>> {
         self.samples_where(|_| true)
@@ -1203,9 +1211,9 @@ fn pick(v: &Value, path: &str) -> Option<f64> {
     cur.as_f64()
 }
 
-fn map_fd(m: &aya::maps::Map) -> Option<std::os::fd::BorrowedFd<'_>> {
+fn map_data(m: &aya::maps::Map) -> Option<&aya::maps::MapData> {
     use aya::maps::Map;
-    let d = match m {
+    match m {
         Map::Array(d)
         | Map::HashMap(d)
         | Map::LruHashMap(d)
@@ -1214,10 +1222,13 @@ fn map_fd(m: &aya::maps::Map) -> Option<std::os::fd::BorrowedFd<'_>> {
         | Map::PerCpuLruHashMap(d)
         | Map::Queue(d)
         | Map::Stack(d)
-        | Map::LpmTrie(d) => d,
-        _ => return None,
-    };
-    Some(d.fd().as_fd())
+        | Map::LpmTrie(d) => Some(d),
+        _ => None,
+    }
+}
+
+fn map_fd(m: &aya::maps::Map) -> Option<std::os::fd::BorrowedFd<'_>> {
+    Some(map_data(m)?.fd().as_fd())
 }
 
 /// The verifier's message and log of a failed program load.
