@@ -56,8 +56,8 @@ struct Metric {
     spec: MetricSpec,
     layout: MapLayout,
     key_fields: Vec<(Field, super::btf::LabelFormat, String)>,
-    /// The value field of the samples, resolved once (`None`: it does not
-    /// resolve to a number, the samples go through the decoded value).
+    /// The value field of the samples, resolved once when the probe is
+    /// loaded (`None`: the samples pick it from the decoded value).
     value_field: Option<Field>,
     /// `reset_on_read`: what was drained from the map, by raw key.
     acc: std::sync::Mutex<Accumulated>,
@@ -316,15 +316,14 @@ fn resolve_metrics(s: &ProbeSpec, btf: &Btf) -> Result<Vec<Metric>, ProbeManager
                 ));
             }
         }
-        if !m.value_field.is_empty()
-            && let Err(e) = layout.value.field(&m.value_field)
-        {
+        let value_field = layout.value.field(&m.value_field);
+        if let (false, Err(e)) = (m.value_field.is_empty(), &value_field) {
             errs.push(FieldError::new(
                 format!("metrics[{i}].value_field"),
                 e.to_string(),
             ));
         }
-        let value_field = layout.value.field(&m.value_field).ok();
+        let value_field = value_field.ok();
         out.push(Metric {
             spec: m.clone(),
             layout,
