@@ -180,7 +180,7 @@ impl Engine {
     }
 
     /// The pcap ring buffer, for its one reader (None after the first call).
-    pub fn take_pcap_ring(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+    pub fn take_pcap_ring(&mut self) -> Option<crate::capture::ringbuf::PcapRing> {
         self.dp.take_pcap_ring()
     }
 

@@ -3,18 +3,18 @@
 
 mod common;
 
-use aya::maps::{MapData, RingBuf};
 use common::frames::{L4, V4, ipv4};
 use common::{Harness, policy, private_netns, require_root};
 use vtap_abi::{CaptureStats, Dir, PcapRec, drop_reason};
 use vtap_core::capture::ring::parse_record;
+use vtap_core::capture::ringbuf::{BatchEnd, PcapRing};
 use vtap_core::datapath::LoadOptions;
 use vtap_core::datapath::stats::sum_percpu_array;
 
 const A: [u8; 4] = [10, 0, 0, 1];
 const B: [u8; 4] = [10, 0, 0, 2];
 
-fn harness(ring_bytes: u32, yamls: &[&str]) -> Option<(Harness, RingBuf<MapData>)> {
+fn harness(ring_bytes: u32, yamls: &[&str]) -> Option<(Harness, PcapRing)> {
     if !require_root() {
         return None;
     }
@@ -54,13 +54,21 @@ fn frame(len: usize) -> Vec<u8> {
     f
 }
 
-fn drain(ring: &mut RingBuf<MapData>) -> Vec<(PcapRec, Vec<u8>)> {
-    let mut out = Vec::new();
-    while let Some(item) = ring.next() {
-        let (h, d) = parse_record(&item).expect("well-formed record");
-        out.push((h, d.to_vec()));
-    }
+fn drain(ring: &mut PcapRing) -> Vec<(PcapRec, Vec<u8>)> {
+    let out = walk(ring, usize::MAX).0;
+    ring.release();
     out
+}
+
+/// Walks up to `max` records without releasing them.
+fn walk(ring: &mut PcapRing, max: usize) -> (Vec<(PcapRec, Vec<u8>)>, BatchEnd) {
+    let mut out = Vec::new();
+    let end = ring.walk(|rec| {
+        let (h, d) = parse_record(rec).expect("well-formed record");
+        out.push((h, d.to_vec()));
+        out.len() < max
+    });
+    (out, end)
 }
 
 fn capture_stats(h: &Harness, id: u8) -> CaptureStats {
@@ -181,4 +189,52 @@ fn a_full_ring_is_counted_as_ring_full_and_the_packet_passes() {
     // Room again after the reader consumed the records.
     h.run(Dir::Ingress, &f);
     assert_eq!(capture_stats(&h, id).packets, 4);
+}
+
+#[test]
+fn records_stay_reserved_until_released_and_read_whole_across_the_wrap() {
+    // One page of ring, three 1000-byte records per round (1064 bytes of
+    // ring each): every round after the first wraps around the end, and
+    // records walked but not released still take their room.
+    let Some((h, mut ring)) = harness(
+        4096,
+        &["version: 1\nname: p\ntaps: [vm1-tap]\noutputs: [{pcap: c}]\n"],
+    ) else {
+        return;
+    };
+    assert_eq!(ring.size(), 4096);
+    let id = capture_id(&h, "c");
+    let mut sent = 0u64;
+    for round in 0..7u8 {
+        let frames: Vec<Vec<u8>> = (0..3u8)
+            .map(|i| {
+                let mut f = frame(1000);
+                let n = f.len();
+                f[n - 2] = round;
+                f[n - 1] = i;
+                f
+            })
+            .collect();
+        for f in &frames {
+            h.run(Dir::Ingress, f);
+        }
+        sent += 3;
+        // A batch of two, then the rest: the walk resumes where it stopped.
+        let (first, end) = walk(&mut ring, 2);
+        assert_eq!((first.len(), end), (2, BatchEnd::Full), "round {round}");
+        let (rest, end) = walk(&mut ring, usize::MAX);
+        assert_eq!((rest.len(), end), (1, BatchEnd::Empty), "round {round}");
+        // Walked, not released: the ring is still full.
+        h.run(Dir::Ingress, &frames[0]);
+        assert_eq!(capture_stats(&h, id).ring_full, round as u64 + 1);
+        assert!(ring.unread() > 3000, "{}", ring.unread());
+        ring.release();
+        assert_eq!(ring.unread(), 0);
+        for (k, (r, data)) in first.iter().chain(&rest).enumerate() {
+            assert_eq!(r.cap_len, 1000);
+            assert_eq!(&data[..], &frames[k][..], "round {round} record {k}");
+        }
+    }
+    assert_eq!(capture_stats(&h, id).packets, sent);
+    assert!(walk(&mut ring, usize::MAX).0.is_empty());
 }

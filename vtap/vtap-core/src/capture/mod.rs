@@ -11,6 +11,7 @@ pub mod files;
 pub mod name;
 pub mod pcapng;
 pub mod ring;
+pub mod ringbuf;
 pub mod sink;
 
 use std::sync::Arc;

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use aya::maps::{MapData, RingBuf};
 use bytes::Bytes;
 use vtap_abi::{Bitmap, Dir, PcapRec};
 
+use super::ringbuf::{BatchEnd, PcapRing};
 use super::sink::{Captures, Routes};
 use super::{IfaceDir, Packet};
 
@@ -36,7 +36,7 @@ pub struct RingReader {
 
 impl RingReader {
     /// Starts the reader thread.
-    pub fn start(ring: RingBuf<MapData>, captures: Arc<Captures>) -> std::io::Result<RingReader> {
+    pub fn start(ring: PcapRing, captures: Arc<Captures>) -> std::io::Result<RingReader> {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(ReaderCounters::default());
         let (s, c) = (stop.clone(), counters.clone());
@@ -156,7 +156,7 @@ struct Pending {
 }
 
 fn run(
-    mut ring: RingBuf<MapData>,
+    mut ring: PcapRing,
     captures: Arc<Captures>,
     stop: Arc<AtomicBool>,
     counters: Arc<ReaderCounters>,
@@ -190,19 +190,20 @@ fn run(
         loop {
             // One batch: records copied into one buffer, then handed to
             // their captures as slices of it.
+            // The records are released to the datapath once, after the
+            // whole batch is copied out.
             let mut buf: Vec<u8> = Vec::new();
             pending.clear();
-            while pending.len() < MAX_BATCH_RECORDS && buf.len() < MAX_BATCH_BYTES {
-                let Some(item) = ring.next() else {
-                    break;
-                };
-                counters.records.fetch_add(1, Ordering::Relaxed);
-                let Some((h, data)) = parse_record(&item) else {
-                    counters.unrouted.fetch_add(1, Ordering::Relaxed);
-                    continue;
+            let (mut records, mut malformed) = (0u64, 0u64);
+            let end = ring.walk(|rec| {
+                records += 1;
+                let Some((h, data)) = parse_record(rec) else {
+                    malformed += 1;
+                    return true;
                 };
                 if buf.capacity() == 0 {
-                    buf.reserve(MAX_BATCH_BYTES.min(256 << 10));
+                    // Room for the last record that crosses the limit too.
+                    buf.reserve(MAX_BATCH_BYTES + vtap_abi::PCAP_MAX_CAPLEN as usize);
                 }
                 pending.push(Pending {
                     output: h.output,
@@ -211,11 +212,15 @@ fn run(
                     h,
                 });
                 buf.extend_from_slice(data);
-            }
+                pending.len() < MAX_BATCH_RECORDS && buf.len() < MAX_BATCH_BYTES
+            });
+            ring.release();
+            counters.records.fetch_add(records, Ordering::Relaxed);
+            counters.unrouted.fetch_add(malformed, Ordering::Relaxed);
             if pending.is_empty() {
                 break;
             }
-            let full = pending.len() == MAX_BATCH_RECORDS || buf.len() >= MAX_BATCH_BYTES;
+            let full = end == BatchEnd::Full;
             let buf = Bytes::from(buf);
             // Per capture (output id) its packets; mostly one capture.
             let mut per_capture: Vec<(u8, Vec<Packet>)> = Vec::new();

@@ -13,7 +13,7 @@ pub mod sys;
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
 
-use aya::maps::{Map, MapData, RingBuf};
+use aya::maps::{Map, MapData};
 use aya::programs::tc::SchedClassifierLinkId;
 use aya::programs::xdp::{XdpLinkId, XdpMode};
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp};
@@ -203,7 +203,7 @@ pub struct Datapath {
     links: BTreeMap<(String, Dir), LinkId>,
     /// `vtap_tunnel_tx` on the VXLAN device: (ifindex, link).
     tunnel: Option<(u32, SchedClassifierLinkId)>,
-    pcap_ring: Option<RingBuf<MapData>>,
+    pcap_ring: Option<crate::capture::ringbuf::PcapRing>,
     /// `vtap_global.flags` (kept across generation flips).
     flags: std::sync::atomic::AtomicU32,
 }
@@ -297,10 +297,14 @@ impl Datapath {
         let ring = ebpf
             .take_map("vtap_pcap_ring")
             .ok_or(DatapathError::MissingMap("vtap_pcap_ring"))?;
-        let pcap_ring = RingBuf::try_from(ring).map_err(|e| DatapathError::Os {
-            what: "opening the pcap ring buffer",
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let Map::RingBuf(ring) = ring else {
+            return Err(DatapathError::MissingMap("vtap_pcap_ring"));
+        };
+        let pcap_ring =
+            crate::capture::ringbuf::PcapRing::new(ring).map_err(|source| DatapathError::Os {
+                what: "mapping the pcap ring buffer",
+                source,
+            })?;
         let barrier =
             sys::RcuBarrier::new(maps.global.fd()).map_err(|source| DatapathError::Os {
                 what: "creating the RCU barrier map",
@@ -333,7 +337,7 @@ impl Datapath {
     }
 
     /// The pcap ring buffer, for its one reader (None after the first call).
-    pub fn take_pcap_ring(&mut self) -> Option<RingBuf<MapData>> {
+    pub fn take_pcap_ring(&mut self) -> Option<crate::capture::ringbuf::PcapRing> {
         self.pcap_ring.take()
     }
 
