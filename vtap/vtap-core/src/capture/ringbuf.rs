@@ -74,9 +74,12 @@ pub struct PcapRing {
     published: u64,
 }
 
-// SAFETY: the regions are plain shared memory owned by this value; only the
-// one thread holding it reads or writes through them.
+// SAFETY: the regions are plain shared memory owned by this value. Writes
+// (the consumer position) need `&mut self`; through `&self` the mappings are
+// only read, with atomic loads.
 unsafe impl Send for PcapRing {}
+// SAFETY: as above.
+unsafe impl Sync for PcapRing {}
 
 /// Why a batch stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
