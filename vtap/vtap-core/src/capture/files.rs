@@ -6,25 +6,31 @@
 //! itself in a new file once [`CaptureFiles::tick`] can open one again.
 //!
 //! Nothing here panics or blocks beyond ordinary file system calls; the
-//! owner calls [`CaptureFiles::write`] per packet and
-//! [`CaptureFiles::tick`] periodically (200 ms to 1 s).
+//! owner calls [`CaptureFiles::write_batch`] per batch and
+//! [`CaptureFiles::tick`] periodically (200 ms to 1 s). A batch's blocks go
+//! to the file as they are, as few contiguous ranges as the rotation and
+//! stop rules allow (large ranges straight from the batch, small ones
+//! through a buffer).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use super::name::validate_capture_name;
-use super::pcapng::PcapngEncoder;
-use super::{CaptureConfig, Packet};
+use super::pcapng::{BatchBuf, CaptureEncoder, PcapngEncoder};
+use super::{Batch, CaptureConfig, Packet};
 
 /// Bytes in a MiB (`rotate_mib` unit).
 const MIB: u64 = 1024 * 1024;
 
 /// Buffer of the file writer.
 const BUF_CAPACITY: usize = 1 << 20;
+/// Ranges of blocks at least this long are written from the batch itself
+/// (after what is buffered), not copied into the buffer.
+const DIRECT_WRITE: usize = 64 << 10;
 
 /// How long after a failure [`CaptureFiles::tick`] tries a new file.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -55,25 +61,59 @@ pub struct CaptureFiles {
     /// Cached listing of this capture's files, oldest first.
     listing: Vec<FileInfo>,
     listed_at: Option<SystemTime>,
-    /// Encoding buffer, reused for every packet.
-    scratch: Vec<u8>,
-    /// What follows a packet's bytes in its block.
-    trailer: Vec<u8>,
+    /// UTC stamp and suffix of the last file opened.
+    last_name: Option<(String, u64)>,
+    /// Encoder of the packets given one at a time ([`CaptureFiles::write`]).
+    single: CaptureEncoder,
 }
 
 /// The file being written.
 #[derive(Debug)]
 struct OpenFile {
     path: PathBuf,
-    writer: BufWriter<File>,
+    file: File,
+    /// Bytes handed to the file but not written yet.
+    buf: Vec<u8>,
+    /// Most bytes `buf` holds ([`BUF_CAPACITY`]; tests lower it).
+    capacity: usize,
     encoder: PcapngEncoder,
     /// Bytes handed to the writer (header included).
     bytes: u64,
     packets: u64,
     opened: SystemTime,
-    /// Packets whose bytes may still be in the writer's buffer (lost, and
-    /// then counted as not written, if the file fails before a flush).
+    /// Packets whose bytes are in `buf` (lost, and then counted as not
+    /// written, if the file fails before a flush).
     unflushed: u64,
+}
+
+impl OpenFile {
+    /// Writes out `buf`. On error `buf` and `unflushed` are left as they
+    /// were (the caller counts them as lost).
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        self.unflushed = 0;
+        Ok(())
+    }
+
+    /// Appends `bytes`, holding `packets` packets, to the file. On error
+    /// the packets of `bytes` are not in the file (and not in
+    /// `unflushed`), and neither may be those of `buf`.
+    fn put(&mut self, bytes: &[u8], packets: u64) -> io::Result<()> {
+        if self.buf.len() + bytes.len() > self.capacity {
+            self.flush()?;
+        }
+        if bytes.len() >= DIRECT_WRITE.min(self.capacity) {
+            self.flush()?;
+            self.file.write_all(bytes)
+        } else {
+            self.buf.extend_from_slice(bytes);
+            self.unflushed += packets;
+            Ok(())
+        }
+    }
 }
 
 /// What [`CaptureFiles::status`] reports.
@@ -186,8 +226,8 @@ impl CaptureFiles {
             last_failure: None,
             listing: Vec::new(),
             listed_at: None,
-            scratch: Vec::new(),
-            trailer: Vec::new(),
+            last_name: None,
+            single: CaptureEncoder::new(),
         };
         if files.cfg.files {
             files.relist(now);
@@ -202,122 +242,126 @@ impl CaptureFiles {
         self
     }
 
-    /// Writes one packet.
+    /// Writes one packet (encoded on its own; [`CaptureFiles::write_batch`]
+    /// with a batch of one).
+    pub fn write(&mut self, pkt: &Packet, now: SystemTime) {
+        let mut buf = BatchBuf::default();
+        self.single.push_packet(&mut buf, pkt);
+        let batch = buf.finish(0, self.single.ifaces());
+        self.write_batch(&batch, now);
+    }
+
+    /// Writes the packets of a batch, in order.
     ///
-    /// Opens a file if none is open (header first). Rotates before writing
-    /// when the packet would take the current file past the rotation size
-    /// (a file always gets at least one packet) or `rotate_seconds` have
-    /// passed since the file was opened; each new file is followed by
-    /// deleting this capture's oldest files beyond `max_files`.
+    /// Opens a file if none is open (header first). A file describes the
+    /// capture's interfaces it has not described yet before the packets
+    /// that use them. Rotates before a packet that would take the current
+    /// file past the rotation size (a file always gets at least one
+    /// packet), or when `rotate_seconds` have passed since the file was
+    /// opened; each new file is followed by deleting this capture's oldest
+    /// files beyond `max_files`.
     ///
     /// A packet that would take the captured bytes past `stop_bytes` is not
     /// written and stops the capture; reaching `stop_packets` or exactly
-    /// `stop_bytes` stops it after the write; `stop_seconds` after
+    /// `stop_bytes` stops it after that packet; `stop_seconds` after
     /// [`CaptureFiles::new`] stops it too. Once stopped, packets are counted
     /// in `not_written_stopped`. Any I/O error moves to [`FileState::Error`]
-    /// and the packet (and every one until writing resumes) is counted in
-    /// `not_written_error`.
-    pub fn write(&mut self, pkt: &Packet, now: SystemTime) {
-        match self.state {
-            FileState::Disabled => return,
-            FileState::Stopped { .. } => {
-                self.stats.not_written_stopped += 1;
+    /// and the packets it lost (and every one until writing resumes) are
+    /// counted in `not_written_error`.
+    pub fn write_batch(&mut self, b: &Batch, now: SystemTime) {
+        let n = b.len();
+        let mut i = 0;
+        let mut idbs = Vec::new();
+        while i < n {
+            let rest = (n - i) as u64;
+            match self.state {
+                FileState::Disabled => return,
+                FileState::Stopped { .. } => {
+                    self.stats.not_written_stopped += rest;
+                    return;
+                }
+                _ => {}
+            }
+            if self.stop_seconds_due(now) {
+                self.stop("seconds");
+                self.stats.not_written_stopped += rest;
                 return;
             }
-            _ => {}
-        }
-        if self.stop_seconds_due(now) {
-            self.stop("seconds");
-            self.stats.not_written_stopped += 1;
-            return;
-        }
-        if matches!(self.state, FileState::Error { .. }) {
-            self.stats.not_written_error += 1;
-            return;
-        }
-        let caplen = pkt.data.len() as u64;
-        if self.cfg.stop_bytes > 0
-            && self.captured_bytes.saturating_add(caplen) > self.cfg.stop_bytes
-        {
-            self.stop("bytes");
-            self.stats.not_written_stopped += 1;
-            return;
-        }
-        if self.time_rotation_due(now) && !self.close_current(now) {
-            self.stats.not_written_error += 1;
-            return;
-        }
-        if self.current.is_none() && !self.open_file(now) {
-            self.stats.not_written_error += 1;
-            return;
-        }
-
-        let Some(mut len) = self.encode_for_current(pkt) else {
-            return;
-        };
-        let too_big = self.current.as_ref().is_some_and(|cur| {
-            self.rotate_bytes > 0
-                && cur.packets > 0
-                && cur.bytes.saturating_add(len) > self.rotate_bytes
-        });
-        if too_big {
-            if !self.close_current(now) || !self.open_file(now) {
-                self.stats.not_written_error += 1;
+            if matches!(self.state, FileState::Error { .. }) {
+                self.stats.not_written_error += rest;
                 return;
             }
-            // The new file describes its interfaces again.
-            let Some(l) = self.encode_for_current(pkt) else {
+            if self.time_rotation_due(now) && !self.close_current(now) {
+                self.stats.not_written_error += rest;
+                return;
+            }
+            if self.current.is_none() && !self.open_file(now) {
+                self.stats.not_written_error += rest;
+                return;
+            }
+            let Some(cur) = self.current.as_mut() else {
                 return;
             };
-            len = l;
-        }
+            idbs.clear();
+            cur.encoder.describe(&b.ifaces, &mut idbs);
 
-        let Some(cur) = self.current.as_mut() else {
-            return;
-        };
-        let r = cur
-            .writer
-            .write_all(&self.scratch)
-            .and_then(|()| cur.writer.write_all(&pkt.data))
-            .and_then(|()| cur.writer.write_all(&self.trailer));
-        if let Err(e) = r {
-            let msg = format!("{e} writing {}", cur.path.display());
-            self.fail(msg, now);
-            self.stats.not_written_error += 1;
-            return;
-        }
-        let buffered = cur.writer.buffer().len() as u64;
-        cur.unflushed = if buffered == 0 {
-            0
-        } else if buffered <= len {
-            1 // the buffer was written out before this packet went in
-        } else {
-            cur.unflushed + 1
-        };
-        cur.bytes += len;
-        cur.packets += 1;
-        self.stats.packets_written += 1;
-        self.stats.bytes_written += len;
-        self.captured_bytes += caplen;
+            // The packets i..j that go to this file now.
+            let (mut j, mut len, mut caplen) = (i, idbs.len() as u64, 0u64);
+            let (mut rotate, mut over_bytes) = (false, false);
+            let stop_bytes = self.cfg.stop_bytes;
+            let stop_packets = self.cfg.stop_packets;
+            while j < n {
+                let block = (b.start(j + 1) - b.start(j)) as u64;
+                let c = u64::from(b.index[j].caplen);
+                if self.rotate_bytes > 0
+                    && cur.packets + (j - i) as u64 > 0
+                    && cur.bytes + len + block > self.rotate_bytes
+                {
+                    rotate = true;
+                    break;
+                }
+                if stop_bytes > 0 && self.captured_bytes + caplen + c > stop_bytes {
+                    over_bytes = true;
+                    break;
+                }
+                len += block;
+                caplen += c;
+                j += 1;
+                if (stop_packets > 0 && self.stats.packets_written + (j - i) as u64 >= stop_packets)
+                    || (stop_bytes > 0 && self.captured_bytes + caplen >= stop_bytes)
+                {
+                    break;
+                }
+            }
 
-        if self.cfg.stop_packets > 0 && self.stats.packets_written >= self.cfg.stop_packets {
-            self.stop("packets");
-        } else if self.cfg.stop_bytes > 0 && self.captured_bytes >= self.cfg.stop_bytes {
-            self.stop("bytes");
-        }
-    }
+            let written = (j - i) as u64;
+            let r = cur
+                .put(&idbs, 0)
+                .and_then(|()| cur.put(b.blocks_of(i..j), written));
+            if let Err(e) = r {
+                let msg = format!("{e} writing {}", cur.path.display());
+                self.fail(msg, now);
+                self.stats.not_written_error += written;
+                i = j;
+                continue;
+            }
+            cur.bytes += len;
+            cur.packets += written;
+            self.stats.packets_written += written;
+            self.stats.bytes_written += len;
+            self.captured_bytes += caplen;
+            i = j;
 
-    /// Encodes `pkt` for the current file in three parts — `scratch`
-    /// (header), the packet's bytes, `trailer` — so the bytes are copied
-    /// once, into the file buffer. Returns the record's length (None: no
-    /// file open).
-    fn encode_for_current(&mut self, pkt: &Packet) -> Option<u64> {
-        self.scratch.clear();
-        self.trailer.clear();
-        let cur = self.current.as_mut()?;
-        cur.encoder
-            .encode_parts(pkt, &mut self.scratch, &mut self.trailer);
-        Some((self.scratch.len() + pkt.data.len() + self.trailer.len()) as u64)
+            if stop_packets > 0 && self.stats.packets_written >= stop_packets {
+                self.stop("packets");
+            } else if over_bytes || (stop_bytes > 0 && self.captured_bytes >= stop_bytes) {
+                self.stop("bytes");
+            } else if rotate {
+                // The next round opens the next file (or counts the rest
+                // as not written if this one cannot be closed).
+                self.close_current(now);
+            }
+        }
     }
 
     /// Periodic work: applies `stop_seconds` and time rotation without
@@ -342,8 +386,8 @@ impl CaptureFiles {
                 } else if self.time_rotation_due(now) {
                     self.close_current(now);
                 } else if let Some(cur) = self.current.as_mut() {
-                    match cur.writer.flush() {
-                        Ok(()) => cur.unflushed = 0,
+                    match cur.flush() {
+                        Ok(()) => {}
                         Err(e) => {
                             let msg = format!("{e} flushing {}", cur.path.display());
                             self.fail(msg, now);
@@ -424,7 +468,7 @@ impl CaptureFiles {
             return true;
         };
         let path = cur.path.clone();
-        let (unflushed, buffered) = (cur.unflushed, cur.writer.buffer().len() as u64);
+        let (unflushed, buffered) = (cur.unflushed, cur.buf.len() as u64);
         match finish(cur) {
             Ok(()) => true,
             Err(e) => {
@@ -447,9 +491,17 @@ impl CaptureFiles {
             );
             return false;
         }
-        let base = format!("{}-{}", self.name, utc_stamp(now));
+        let stamp = utc_stamp(now);
+        let base = format!("{}-{stamp}", self.name);
+        // Files opened within one microsecond (rotations inside one batch)
+        // take increasing suffixes, never the name of one pruned meanwhile,
+        // so names keep sorting in the order the files were written.
+        let first = match &self.last_name {
+            Some((s, n)) if *s == stamp => n + 1,
+            _ => 0,
+        };
         let mut opened = None;
-        for n in 0..MAX_SUFFIX {
+        for n in first..first + MAX_SUFFIX {
             let file_name = if n == 0 {
                 format!("{base}.pcapng")
             } else {
@@ -459,6 +511,7 @@ impl CaptureFiles {
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => {
                     opened = Some((path, file));
+                    self.last_name = Some((stamp.clone(), n));
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -479,11 +532,11 @@ impl CaptureFiles {
 
         let mut encoder = PcapngEncoder::new();
         let header = encoder.header();
-        let mut writer = BufWriter::with_capacity(BUF_CAPACITY, file);
-        // Flushed at once: a disk that cannot take a header fails here, not
+        let mut file = file;
+        // Written at once: a disk that cannot take a header fails here, not
         // a packet later.
-        if let Err(e) = writer.write_all(&header).and_then(|()| writer.flush()) {
-            drop(writer.into_parts());
+        if let Err(e) = file.write_all(&header) {
+            drop(file);
             // The file holds no packet: remove it, or every retry during a
             // long outage would leave one more empty file behind.
             let _ = fs::remove_file(&path);
@@ -494,7 +547,9 @@ impl CaptureFiles {
         self.stats.bytes_written += header.len() as u64;
         self.current = Some(OpenFile {
             path,
-            writer,
+            file,
+            buf: Vec::with_capacity(BUF_CAPACITY),
+            capacity: BUF_CAPACITY,
             encoder,
             bytes: header.len() as u64,
             packets: 0,
@@ -538,12 +593,12 @@ impl CaptureFiles {
         if let Some(cur) = self.current.take() {
             // The packets still buffered never reach the disk: they were
             // not written after all.
-            let buffered = cur.writer.buffer().len() as u64;
+            let buffered = cur.buf.len() as u64;
             self.stats.packets_written -= cur.unflushed.min(self.stats.packets_written);
             self.stats.bytes_written -= buffered.min(self.stats.bytes_written);
             self.stats.not_written_error += cur.unflushed;
-            // `into_parts` discards the buffer instead of flushing it on drop.
-            drop(cur.writer.into_parts());
+            // The buffer is dropped, not written.
+            drop(cur);
         }
         if !matches!(self.state, FileState::Error { .. }) {
             tracing::warn!(capture = %self.name, "capture files: {error}; packets are not written until a new file can be opened");
@@ -564,12 +619,9 @@ impl CaptureFiles {
 }
 
 /// Flushes and closes a file.
-fn finish(cur: OpenFile) -> io::Result<()> {
-    let mut writer = cur.writer;
-    let res = writer.flush();
-    // On error the unwritten rest is discarded instead of retried on drop.
-    drop(writer.into_parts());
-    res
+fn finish(mut cur: OpenFile) -> io::Result<()> {
+    // On error the unwritten rest is dropped with the file.
+    cur.flush()
 }
 
 fn elapsed(from: SystemTime, now: SystemTime) -> Duration {
@@ -817,6 +869,91 @@ mod tests {
                 p
             })
             .collect()
+    }
+
+    /// Batches of `chunk` packets of the given lengths, encoded by one
+    /// capture encoder (as the ring reader does).
+    fn batches(lens: &[usize], chunk: usize) -> Vec<Batch> {
+        let mut enc = CaptureEncoder::new();
+        let mut out = Vec::new();
+        let mut seq = 0;
+        for c in lens.chunks(chunk) {
+            let mut buf = BatchBuf::default();
+            for &len in c {
+                enc.push_packet(&mut buf, &pkt(seq, len));
+                seq += 1;
+            }
+            out.push(buf.finish(seq - c.len() as u64, enc.ifaces()));
+        }
+        out
+    }
+
+    #[test]
+    fn a_batch_is_written_as_its_packets_one_by_one() {
+        let lens: Vec<usize> = (0..40).map(|i| 20 + (i * 37) % 90).collect();
+        let configs: Vec<(&str, CaptureConfig, u64)> = vec![
+            ("plain", cfg(), 0),
+            ("rotate", cfg(), 700),
+            ("rotate-tiny", cfg(), 1),
+            (
+                "stop-packets",
+                CaptureConfig {
+                    stop_packets: 13,
+                    ..cfg()
+                },
+                500,
+            ),
+            (
+                "stop-bytes",
+                CaptureConfig {
+                    stop_bytes: 1000,
+                    ..cfg()
+                },
+                0,
+            ),
+            (
+                "stop-bytes-exact",
+                CaptureConfig {
+                    stop_bytes: lens[..9].iter().sum::<usize>() as u64,
+                    ..cfg()
+                },
+                900,
+            ),
+            (
+                "max-files",
+                CaptureConfig {
+                    max_files: 2,
+                    ..cfg()
+                },
+                600,
+            ),
+        ];
+        for (tag, c, rotate) in configs {
+            let one = TempDir::new(&format!("{tag}-one"));
+            let mut files = CaptureFiles::new(&one.0, "cap", c.clone(), t0())
+                .unwrap()
+                .with_rotate_bytes(rotate);
+            for (i, &len) in lens.iter().enumerate() {
+                files.write(&pkt(i as u64, len), at(i as u64));
+            }
+            files.tick(at(1_000));
+            let want = files.status();
+            assert!(want.stats.packets_written > 0, "{tag}");
+            for chunk in [2, 3, 7, 40] {
+                let many = TempDir::new(&format!("{tag}-{chunk}"));
+                let mut files = CaptureFiles::new(&many.0, "cap", c.clone(), t0())
+                    .unwrap()
+                    .with_rotate_bytes(rotate);
+                for (k, b) in batches(&lens, chunk).iter().enumerate() {
+                    files.write_batch(b, at((k * chunk) as u64));
+                }
+                files.tick(at(1_000));
+                let got = files.status();
+                assert_eq!(got.state, want.state, "{tag} chunk {chunk}");
+                assert_eq!(got.stats, want.stats, "{tag} chunk {chunk}");
+                assert_eq!(all_rows(&got), all_rows(&want), "{tag} chunk {chunk}");
+            }
+        }
     }
 
     #[test]
@@ -1454,7 +1591,10 @@ mod tests {
             return false;
         };
         let cur = files.current.as_mut().unwrap();
-        cur.writer = BufWriter::with_capacity(capacity, full);
+        // What was buffered reached the disk before it filled up.
+        cur.flush().unwrap();
+        cur.file = full;
+        cur.capacity = capacity;
         true
     }
 

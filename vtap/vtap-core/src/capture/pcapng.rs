@@ -1,10 +1,19 @@
 //! pcapng encoding of captured packets (little-endian, nanosecond timestamps).
 //!
-//! One [`PcapngEncoder`] per output stream (a file or a live subscriber):
-//! [`PcapngEncoder::header`] starts a section, and [`PcapngEncoder::encode`]
-//! emits an interface description block the first time an (ifindex,
-//! direction) appears in that section, then an enhanced packet block. The
-//! blocks are built and serialised with the `pcap-file` crate.
+//! Encoding is split along what depends on the output:
+//! - [`CaptureEncoder`], one per capture (used by the ring reader), turns
+//!   each packet into an enhanced packet block, once, into a [`BatchBuf`].
+//!   Interface ids are the capture's: each (ifindex, direction) gets the
+//!   next id the first time the capture sees it, and keeps it.
+//! - [`PcapngEncoder`], one per output (a file or a live subscriber),
+//!   starts a section ([`PcapngEncoder::header`]) and writes the interface
+//!   description blocks of the capture's interfaces that section has not
+//!   described yet ([`PcapngEncoder::describe`]), in id order, before the
+//!   blocks that use them; the blocks themselves are written as they are.
+//!
+//! Section headers and interface blocks are built and serialised with the
+//! `pcap-file` crate; the enhanced packet block, the hot path, field by
+//! field.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -19,7 +28,7 @@ use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeade
 use pcap_file::{DataLink, Endianness};
 use vtap_abi::Dir;
 
-use super::{IfaceDir, Packet};
+use super::{Batch, BlockRef, IfaceDir, Packet};
 
 /// `shb_userappl` of every section.
 pub const USER_APPLICATION: &str = "vtap";
@@ -35,13 +44,14 @@ pub const SNAPLEN: u32 = 0;
 /// bits, longer text is cut (at a character boundary).
 const MAX_OPTION_BYTES: usize = 65_000;
 
-/// Encoder of one pcapng stream: remembers which interface id each
-/// (ifindex, direction) got in the current section.
+/// Bytes of an enhanced packet block besides its data and options.
+const EPB_OVERHEAD: usize = 32;
+
+/// The writer of one pcapng output (a file or a live stream): how many of
+/// the capture's interfaces its current section has described.
 #[derive(Debug, Default)]
 pub struct PcapngEncoder {
-    interfaces: HashMap<(u32, Dir), u32>,
-    /// The last policy list and its comment text.
-    comment: Option<(Arc<[String]>, Vec<u8>)>,
+    described: usize,
 }
 
 impl PcapngEncoder {
@@ -54,11 +64,10 @@ impl PcapngEncoder {
     /// stream). Little-endian, version 1.0, unspecified section length,
     /// `shb_userappl` = `"vtap"`.
     ///
-    /// Interface ids are per section: calling this again starts a new
-    /// section, and the next packets describe their interfaces again from
-    /// id 0.
+    /// Interface descriptions are per section: calling this again starts a
+    /// new section, which describes the interfaces again from id 0.
     pub fn header(&mut self) -> Vec<u8> {
-        self.interfaces.clear();
+        self.described = 0;
         let shb = SectionHeaderBlock {
             endianness: Endianness::Little,
             major_version: 1,
@@ -73,75 +82,208 @@ impl PcapngEncoder {
         out
     }
 
-    /// Appends `pkt` to `out`: first an interface description block if this
-    /// encoder has not described `pkt.iface` (ifindex, direction) in the
-    /// current section yet (`if_name` `"<ifname>:<dir>"`, e.g.
-    /// `"tap0:ingress"`; `if_description` `"vtap tap <ifname> ifindex <n>
-    /// direction <dir>"`; Ethernet; snaplen [`SNAPLEN`]; `if_tsresol` 9), then
-    /// an enhanced packet block: `ts_ns` as the timestamp, `data` as the
-    /// captured bytes, `orig_len` as the original length (raised to the
-    /// captured length if smaller, which a valid file never has), and an
-    /// `opt_comment` `"policy: a, b"` naming the packet's policies (none when
-    /// the list is empty).
-    pub fn encode(&mut self, pkt: &Packet, out: &mut Vec<u8>) {
-        let mut trailer = Vec::new();
-        self.encode_parts(pkt, out, &mut trailer);
-        out.extend_from_slice(&pkt.data);
-        out.extend_from_slice(&trailer);
+    /// Appends to `out` an interface description block for each interface
+    /// of `ifaces` (a capture's, in id order) this section has not
+    /// described yet: `if_name` `"<ifname>:<dir>"`, e.g. `"tap0:ingress"`;
+    /// `if_description` `"vtap tap <ifname> ifindex <n> direction <dir>"`;
+    /// Ethernet; snaplen [`SNAPLEN`]; `if_tsresol` 9. Returns the bytes
+    /// appended.
+    pub fn describe(&mut self, ifaces: &[IfaceDir], out: &mut Vec<u8>) -> usize {
+        let before = out.len();
+        for iface in ifaces.iter().skip(self.described) {
+            put(&Block::InterfaceDescription(idb(iface)), out);
+        }
+        self.described = self.described.max(ifaces.len());
+        out.len() - before
     }
 
-    /// [`PcapngEncoder::encode`] in three parts, so a writer can send the
-    /// packet's bytes without copying them into the block first: appends to
-    /// `prefix` what comes before the data (an interface description block
-    /// if needed, the enhanced packet block's header) and to `trailer` what
-    /// comes after it (padding, options, the block's total length).
-    pub fn encode_parts(&mut self, pkt: &Packet, prefix: &mut Vec<u8>, trailer: &mut Vec<u8>) {
-        let out = prefix;
-        let next_id = u32::try_from(self.interfaces.len()).unwrap_or(u32::MAX);
-        let key = (pkt.iface.ifindex, pkt.iface.dir);
-        let interface_id = match self.interfaces.get(&key) {
+    /// Appends the interface blocks `batch` needs and the blocks of its
+    /// packets `range`.
+    pub fn encode_batch(
+        &mut self,
+        batch: &Batch,
+        range: std::ops::Range<usize>,
+        out: &mut Vec<u8>,
+    ) {
+        self.describe(&batch.ifaces, out);
+        out.extend_from_slice(batch.blocks_of(range));
+    }
+}
+
+/// Enhanced packet blocks being collected for one batch of a capture.
+#[derive(Debug, Default)]
+pub struct BatchBuf {
+    /// The blocks, back to back.
+    pub blocks: Vec<u8>,
+    /// Per packet, the end of its block and its caplen.
+    pub index: Vec<BlockRef>,
+    /// Timestamp of the last packet pushed.
+    pub last_ts_ns: u64,
+}
+
+impl BatchBuf {
+    /// An empty buffer with room for `bytes` of blocks and `packets` packets.
+    pub fn with_capacity(bytes: usize, packets: usize) -> Self {
+        BatchBuf {
+            blocks: Vec::with_capacity(bytes),
+            index: Vec::with_capacity(packets),
+            last_ts_ns: 0,
+        }
+    }
+
+    /// Packets pushed.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Nothing pushed.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Appends one enhanced packet block: interface `interface_id`, `ts_ns`
+    /// as the timestamp, `data` as the captured bytes, `orig_len` as the
+    /// original length (raised to the captured length if smaller, which a
+    /// valid file never has), then `options` (as [`policy_comment`] encodes
+    /// them, or empty).
+    pub fn push(
+        &mut self,
+        interface_id: u32,
+        ts_ns: u64,
+        orig_len: u32,
+        data: &[u8],
+        options: &[u8],
+    ) {
+        // Layout (little-endian): type 6, total length, interface id,
+        // timestamp high and low (in the interface's 1e-9 resolution),
+        // captured and original length, data padded to 4, options, total
+        // length.
+        let data_len = data.len();
+        let padded = data_len.div_ceil(4) * 4;
+        let total = EPB_OVERHEAD + padded + options.len();
+        let total32 = u32::try_from(total).unwrap_or(u32::MAX);
+        let caplen = u32::try_from(data_len).unwrap_or(u32::MAX);
+        let out = &mut self.blocks;
+        out.reserve(total);
+        let mut head = [0u8; 28];
+        for (i, v) in [
+            6u32,
+            total32,
+            interface_id,
+            (ts_ns >> 32) as u32,
+            ts_ns as u32,
+            caplen,
+            orig_len.max(caplen),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            head[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&head);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&[0u8; 3][..padded - data_len]);
+        out.extend_from_slice(options);
+        out.extend_from_slice(&total32.to_le_bytes());
+        self.index.push(BlockRef {
+            end: u32::try_from(out.len()).unwrap_or(u32::MAX),
+            caplen,
+        });
+        self.last_ts_ns = ts_ns;
+    }
+
+    /// The batch, for delivery.
+    pub fn finish(mut self, first_seq: u64, ifaces: Arc<[IfaceDir]>) -> Batch {
+        // A small batch does not keep a whole drain's worth of memory
+        // while it waits in queues.
+        if self.blocks.capacity() - self.blocks.len() > 64 << 10 {
+            self.blocks.shrink_to_fit();
+        }
+        Batch {
+            first_seq,
+            ifaces,
+            blocks: self.blocks.into(),
+            index: self.index,
+            last_ts_ns: self.last_ts_ns,
+        }
+    }
+}
+
+/// The encoding state of one capture: its interfaces, by id.
+#[derive(Debug, Default)]
+pub struct CaptureEncoder {
+    ids: HashMap<(u32, Dir), u32>,
+    /// The last lookup (consecutive packets mostly share their interface).
+    last: Option<((u32, Dir), u32)>,
+    ifaces: Vec<IfaceDir>,
+    /// `ifaces`, shared with the batches (rebuilt when one is added).
+    shared: Arc<[IfaceDir]>,
+    /// The last policy list seen by [`CaptureEncoder::push_packet`] and its
+    /// option bytes.
+    comment: Option<(Arc<[String]>, Vec<u8>)>,
+}
+
+impl CaptureEncoder {
+    /// No interfaces yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The id of (ifindex, dir), assigning the next one (named by `name`)
+    /// the first time.
+    pub fn interface_id(&mut self, ifindex: u32, dir: Dir, name: impl FnOnce() -> Arc<str>) -> u32 {
+        let key = (ifindex, dir);
+        if let Some((k, id)) = self.last
+            && k == key
+        {
+            return id;
+        }
+        let id = match self.ids.get(&key) {
             Some(&id) => id,
             None => {
-                put(&Block::InterfaceDescription(idb(&pkt.iface)), out);
-                self.interfaces.insert(key, next_id);
-                next_id
+                let id = u32::try_from(self.ifaces.len()).unwrap_or(u32::MAX);
+                self.ifaces.push(IfaceDir {
+                    ifindex,
+                    ifname: name(),
+                    dir,
+                });
+                self.shared = self.ifaces.clone().into();
+                self.ids.insert(key, id);
+                id
             }
         };
-        let caplen = u32::try_from(pkt.data.len()).unwrap_or(u32::MAX);
-        // Consecutive packets mostly share their policy list (the same Arc):
-        // the comment option is encoded once per list.
-        if !pkt.policies.is_empty() {
-            let cached = matches!(&self.comment, Some((p, _)) if Arc::ptr_eq(p, &pkt.policies));
-            if !cached {
-                let c = truncate(format!("policy: {}", pkt.policies.join(", ")));
-                self.comment = Some((pkt.policies.clone(), comment_option(&c)));
-            }
-        }
-        let opts: &[u8] = match &self.comment {
-            Some((_, o)) if !pkt.policies.is_empty() => o,
-            _ => &[],
-        };
-        // The enhanced packet block, written field by field (the hot path:
-        // no allocation, one copy of the data). Layout (little-endian):
-        // type 6, total length, interface id, timestamp high and low (in
-        // the interface's 1e-9 resolution), captured and original length,
-        // data padded to 4, options (comment, end of options), total length.
-        let data_len = pkt.data.len();
-        let padded = data_len.div_ceil(4) * 4;
-        let total = 32 + padded + opts.len();
-        let total32 = u32::try_from(total).unwrap_or(u32::MAX);
-        out.reserve(28);
-        out.extend_from_slice(&6u32.to_le_bytes());
-        out.extend_from_slice(&total32.to_le_bytes());
-        out.extend_from_slice(&interface_id.to_le_bytes());
-        out.extend_from_slice(&((pkt.ts_ns >> 32) as u32).to_le_bytes());
-        out.extend_from_slice(&(pkt.ts_ns as u32).to_le_bytes());
-        out.extend_from_slice(&caplen.to_le_bytes());
-        out.extend_from_slice(&pkt.orig_len.max(caplen).to_le_bytes());
-        trailer.resize(trailer.len() + (padded - data_len), 0);
-        trailer.extend_from_slice(opts);
-        trailer.extend_from_slice(&total32.to_le_bytes());
+        self.last = Some((key, id));
+        id
     }
+
+    /// The capture's interfaces so far, in id order.
+    pub fn ifaces(&self) -> Arc<[IfaceDir]> {
+        self.shared.clone()
+    }
+
+    /// Encodes `pkt` into `out` (its interface keeps or gets its id; the
+    /// comment names its policies).
+    pub fn push_packet(&mut self, out: &mut BatchBuf, pkt: &Packet) {
+        let id = self.interface_id(pkt.iface.ifindex, pkt.iface.dir, || {
+            pkt.iface.ifname.clone()
+        });
+        let cached = matches!(&self.comment, Some((p, _)) if Arc::ptr_eq(p, &pkt.policies));
+        if !cached {
+            self.comment = Some((pkt.policies.clone(), policy_comment(&pkt.policies)));
+        }
+        let opts = self.comment.as_ref().map_or(&[][..], |(_, o)| o);
+        out.push(id, pkt.ts_ns, pkt.orig_len, &pkt.data, opts);
+    }
+}
+
+/// The options of a packet sent by `policies`: an `opt_comment` `"policy:
+/// a, b"` and the end of options; nothing for an empty list.
+pub fn policy_comment<S: AsRef<str>>(policies: &[S]) -> Vec<u8> {
+    if policies.is_empty() {
+        return Vec::new();
+    }
+    let names: Vec<&str> = policies.iter().map(AsRef::as_ref).collect();
+    comment_option(&truncate(format!("policy: {}", names.join(", "))))
 }
 
 /// The interface description block of one tap and direction.
@@ -317,10 +459,23 @@ mod tests {
         assert!(idbs.is_empty() && packets.is_empty());
     }
 
-    #[test]
-    fn packets_on_two_interfaces_round_trip() {
+    /// One capture's packets in one batch, written as one stream.
+    fn encode_all(input: &[Packet]) -> Vec<u8> {
+        let mut cap = CaptureEncoder::new();
+        let mut buf = BatchBuf::default();
+        for p in input {
+            cap.push_packet(&mut buf, p);
+        }
+        let b = buf.finish(0, cap.ifaces());
+        assert_eq!(b.len(), input.len());
         let mut enc = PcapngEncoder::new();
         let mut out = enc.header();
+        enc.encode_batch(&b, 0..b.len(), &mut out);
+        out
+    }
+
+    #[test]
+    fn packets_on_two_interfaces_round_trip() {
         // Timestamps that need both 32-bit halves and odd nanoseconds.
         let t0: u64 = 1_763_781_300_123_456_789;
         let input = [
@@ -355,9 +510,7 @@ mod tests {
             ),
             pkt(0, 9, "tap1", Dir::Egress, &[], 0, &[]),
         ];
-        for p in &input {
-            enc.encode(p, &mut out);
-        }
+        let out = encode_all(&input);
         let (idbs, packets) = decode(&out);
         assert_eq!(idbs.len(), 3);
         let names: Vec<_> = idbs.iter().map(|i| idb_str(i, true)).collect();
@@ -389,15 +542,26 @@ mod tests {
     }
 
     #[test]
-    fn idb_is_written_once_per_interface() {
+    fn a_section_describes_each_interface_once() {
+        let mut cap = CaptureEncoder::new();
+        let mut buf = BatchBuf::default();
+        cap.push_packet(
+            &mut buf,
+            &pkt(5, 1, "eth0", Dir::Ingress, &[0; 14], 14, &["p"]),
+        );
+        let b1 = buf.finish(0, cap.ifaces());
+        let mut buf = BatchBuf::default();
+        cap.push_packet(
+            &mut buf,
+            &pkt(5, 1, "eth0", Dir::Ingress, &[0; 14], 14, &["p"]),
+        );
+        let b2 = buf.finish(1, cap.ifaces());
         let mut enc = PcapngEncoder::new();
-        let p = pkt(5, 1, "eth0", Dir::Ingress, &[0; 14], 14, &["p"]);
         let mut first = Vec::new();
-        enc.encode(&p, &mut first);
+        enc.encode_batch(&b1, 0..1, &mut first);
         let mut second = Vec::new();
-        enc.encode(&p, &mut second);
-        assert!(first.len() > second.len());
-        // The second encoding is exactly one EPB.
+        enc.encode_batch(&b2, 0..1, &mut second);
+        // The second is exactly one EPB.
         assert_eq!(&second[0..4], &6u32.to_le_bytes());
         assert_eq!(
             u32::from_le_bytes(second[4..8].try_into().unwrap()) as usize,
@@ -405,41 +569,54 @@ mod tests {
         );
         // The first one starts with an IDB.
         assert_eq!(&first[0..4], &1u32.to_le_bytes());
+        assert!(first.len() > second.len());
         assert!(first.ends_with(&second));
+        // A new section describes it again.
+        let mut third = enc.header();
+        enc.encode_batch(&b2, 0..1, &mut third);
+        let (idbs, packets) = decode(&third);
+        assert_eq!((idbs.len(), packets.len()), (1, 1));
     }
 
     #[test]
-    fn fresh_encoders_number_interfaces_independently() {
+    fn interface_ids_are_the_captures_in_every_output() {
         let a = pkt(10, 3, "tap3", Dir::Ingress, &[1; 20], 20, &["x"]);
         let b = pkt(20, 4, "tap4", Dir::Egress, &[2; 30], 30, &["y"]);
+        let mut cap = CaptureEncoder::new();
+        let mut buf = BatchBuf::default();
+        cap.push_packet(&mut buf, &a);
+        cap.push_packet(&mut buf, &b);
+        let b1 = buf.finish(0, cap.ifaces());
+        let mut buf = BatchBuf::default();
+        cap.push_packet(&mut buf, &b);
+        let b2 = buf.finish(2, cap.ifaces());
 
+        // A file that saw both batches, and a stream that joined for the
+        // second: b is interface 1 in both, and the stream describes
+        // interface 0 too so the ids resolve.
         let mut enc1 = PcapngEncoder::new();
         let mut file1 = enc1.header();
-        enc1.encode(&a, &mut file1);
-        enc1.encode(&b, &mut file1);
-
-        // A second stream that sees only `b`: b is its interface 0, with its
-        // own IDB, whatever the first encoder did.
+        enc1.encode_batch(&b1, 0..2, &mut file1);
+        enc1.encode_batch(&b2, 0..1, &mut file1);
         let mut enc2 = PcapngEncoder::new();
         let mut file2 = enc2.header();
-        enc2.encode(&b, &mut file2);
-        enc1.encode(&a, &mut file1);
+        enc2.encode_batch(&b2, 0..1, &mut file2);
 
         let (idbs1, p1) = decode(&file1);
         let (idbs2, p2) = decode(&file2);
         assert_eq!(idbs1.len(), 2);
-        assert_eq!(idbs2.len(), 1);
+        assert_eq!(idbs2.len(), 2);
         assert_eq!(
             p1.iter()
                 .map(|p| (p.interface_id, p.if_name.as_str()))
                 .collect::<Vec<_>>(),
-            [(0, "tap3:ingress"), (1, "tap4:egress"), (0, "tap3:ingress")]
+            [(0, "tap3:ingress"), (1, "tap4:egress"), (1, "tap4:egress")]
         );
         assert_eq!(
             p2.iter()
                 .map(|p| (p.interface_id, p.if_name.as_str(), p.ts_ns))
                 .collect::<Vec<_>>(),
-            [(0, "tap4:egress", 20)]
+            [(1, "tap4:egress", 20)]
         );
 
         // Concatenated (two sections in one stream) both still parse: the
@@ -456,43 +633,55 @@ mod tests {
         }
         assert_eq!(
             seen,
-            ["tap3:ingress", "tap4:egress", "tap3:ingress", "tap4:egress"]
+            ["tap3:ingress", "tap4:egress", "tap4:egress", "tap4:egress"]
         );
     }
 
     #[test]
-    fn header_again_starts_a_new_section() {
-        let mut enc = PcapngEncoder::new();
-        let a = pkt(1, 3, "tap3", Dir::Ingress, &[1; 4], 4, &["x"]);
-        let b = pkt(2, 4, "tap4", Dir::Ingress, &[1; 4], 4, &["x"]);
-        let mut out = enc.header();
-        enc.encode(&a, &mut out);
-        let mut out2 = enc.header();
-        enc.encode(&b, &mut out2);
-        enc.encode(&a, &mut out2);
-        let (_, packets) = decode(&out2);
-        assert_eq!(
-            packets
-                .iter()
-                .map(|p| (p.interface_id, p.if_name.as_str()))
-                .collect::<Vec<_>>(),
-            [(0, "tap4:ingress"), (1, "tap3:ingress")]
-        );
+    fn batch_ranges_are_whole_blocks() {
+        let input: Vec<Packet> = (0..5u8)
+            .map(|i| {
+                pkt(
+                    i as u64,
+                    1,
+                    "t",
+                    Dir::Egress,
+                    &vec![i; i as usize * 3],
+                    100,
+                    &["p"],
+                )
+            })
+            .collect();
+        let mut cap = CaptureEncoder::new();
+        let mut buf = BatchBuf::default();
+        for p in &input {
+            cap.push_packet(&mut buf, p);
+        }
+        let b = buf.finish(0, cap.ifaces());
+        assert_eq!(b.caplen_bytes(), (0..5).map(|i| i * 3).sum::<u64>());
+        assert_eq!(b.last_ts_ns, 4);
+        for (from, to) in [(0, 5), (1, 3), (4, 5), (2, 2)] {
+            let mut enc = PcapngEncoder::new();
+            let mut out = enc.header();
+            enc.encode_batch(&b, from..to, &mut out);
+            let (_, packets) = decode(&out);
+            let data: Vec<Vec<u8>> = packets.into_iter().map(|p| p.data).collect();
+            let want: Vec<Vec<u8>> = input[from..to].iter().map(|p| p.data.to_vec()).collect();
+            assert_eq!(data, want, "{from}..{to}");
+        }
     }
 
     #[test]
     fn odd_lengths_are_padded_and_orig_len_never_below_caplen() {
-        let mut enc = PcapngEncoder::new();
-        let mut out = enc.header();
-        for len in 0..9usize {
-            let data: Vec<u8> = (0..len as u8).collect();
-            // orig_len 1 < caplen for len > 1: raised to caplen.
-            enc.encode(
-                &pkt(len as u64, 1, "t", Dir::Egress, &data, 1, &["p"]),
-                &mut out,
-            );
-            assert_eq!(out.len() % 4, 0);
-        }
+        // orig_len 1 < caplen for len > 1: raised to caplen.
+        let input: Vec<Packet> = (0..9usize)
+            .map(|len| {
+                let data: Vec<u8> = (0..len as u8).collect();
+                pkt(len as u64, 1, "t", Dir::Egress, &data, 1, &["p"])
+            })
+            .collect();
+        let out = encode_all(&input);
+        assert_eq!(out.len() % 4, 0);
         let (_, packets) = decode(&out);
         for (len, p) in packets.iter().enumerate() {
             assert_eq!(p.caplen, len);
@@ -505,9 +694,7 @@ mod tests {
     fn huge_comment_is_cut_and_stays_valid() {
         let many: Vec<String> = (0..20_000).map(|i| format!("policy-é{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        let mut enc = PcapngEncoder::new();
-        let mut out = enc.header();
-        enc.encode(&pkt(1, 1, "t", Dir::Ingress, &[1, 2], 2, &many), &mut out);
+        let out = encode_all(&[pkt(1, 1, "t", Dir::Ingress, &[1, 2], 2, &many)]);
         let (_, packets) = decode(&out);
         let comment = &packets[0].comments[0];
         assert!(comment.starts_with("policy: policy-é0, policy-é1, "));

@@ -1,6 +1,8 @@
 //! The one reader of `vtap_pcap_ring`: a thread that sleeps in `poll(2)` on
-//! the ring's fd, drains every record, turns it into a [`Packet`] and hands
-//! it to its capture ([`Captures`]). It never does I/O itself, so a slow disk
+//! the ring's fd, drains the committed records ([`PcapRing`]), encodes each
+//! one straight from the ring into a pcapng enhanced packet block of its
+//! capture's batch, releases the records, and hands each capture its batch
+//! ([`Capture::deliver_blocks`]). It never does I/O itself, so a slow disk
 //! or a slow subscriber cannot make the ring fill up.
 
 use std::collections::HashMap;
@@ -9,12 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use bytes::Bytes;
 use vtap_abi::{Bitmap, Dir, PcapRec};
 
+use super::pcapng::{BatchBuf, CaptureEncoder, policy_comment};
 use super::ringbuf::{BatchEnd, PcapRing};
-use super::sink::{Captures, Routes};
-use super::{IfaceDir, Packet};
+use super::sink::{Capture, Captures, Routes};
 
 /// Counters of the reader itself.
 #[derive(Debug, Default)]
@@ -147,12 +148,16 @@ const MAX_BATCH_BYTES: usize = 512 << 10;
 /// capture's packets.
 const POLL_MS: i32 = 5;
 
-/// One record waiting for its batch buffer to be frozen.
-struct Pending {
+/// One capture's share of a drain: its encoder (taken from the capture for
+/// the drain) and the blocks encoded so far.
+struct Slot {
     output: u8,
-    off: usize,
-    len: usize,
-    h: PcapRec,
+    cap: Arc<Capture>,
+    enc: CaptureEncoder,
+    buf: BatchBuf,
+    /// The last policy list and its comment option (consecutive records
+    /// mostly share it).
+    last_comment: Option<(Bitmap, Arc<[u8]>)>,
 }
 
 fn run(
@@ -163,12 +168,11 @@ fn run(
 ) {
     let fd = ring.as_raw_fd();
     let mut names = IfNames::default();
-    let mut policy_cache: HashMap<Bitmap, Arc<[String]>> = HashMap::new();
-    // The last policy list (consecutive records mostly share it).
-    let mut last_policies: Option<(Bitmap, Arc<[String]>)> = None;
+    // Policy list → comment option, for the running policy set.
+    let mut comments: HashMap<Bitmap, Arc<[u8]>> = HashMap::new();
     let mut routes = Routes::default();
     let mut last_refresh = std::time::Instant::now() - std::time::Duration::from_secs(10);
-    let mut pending: Vec<Pending> = Vec::with_capacity(MAX_BATCH_RECORDS);
+    let mut slots: Vec<Slot> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let mut pfd = libc::pollfd {
             fd,
@@ -181,67 +185,63 @@ fn run(
         // (a record for an id that just appeared triggers a refresh).
         if last_refresh.elapsed() >= std::time::Duration::from_millis(100) {
             routes = captures.routes();
-            policy_cache.clear();
-            last_policies = None;
+            comments.clear();
             names.clear();
             last_refresh = std::time::Instant::now();
         }
         let offset = realtime_offset_ns();
         loop {
-            // One batch: records copied into one buffer, then handed to
-            // their captures as slices of it.
-            // The records are released to the datapath once, after the
-            // whole batch is copied out.
-            let mut buf: Vec<u8> = Vec::new();
-            pending.clear();
-            let (mut records, mut malformed) = (0u64, 0u64);
+            // One batch: each record encoded straight out of the ring into
+            // its capture's block buffer; the records are released to the
+            // datapath once, after the whole batch.
+            let (mut records, mut unrouted, mut bytes) = (0u64, 0u64, 0usize);
             let end = ring.walk(|rec| {
                 records += 1;
                 let Some((h, data)) = parse_record(rec) else {
-                    malformed += 1;
+                    unrouted += 1;
                     return true;
                 };
-                if buf.capacity() == 0 {
-                    // Room for the last record that crosses the limit too.
-                    buf.reserve(MAX_BATCH_BYTES + vtap_abi::PCAP_MAX_CAPLEN as usize);
-                }
-                pending.push(Pending {
-                    output: h.output,
-                    off: buf.len(),
-                    len: data.len(),
-                    h,
-                });
-                buf.extend_from_slice(data);
-                pending.len() < MAX_BATCH_RECORDS && buf.len() < MAX_BATCH_BYTES
-            });
-            ring.release();
-            counters.records.fetch_add(records, Ordering::Relaxed);
-            counters.unrouted.fetch_add(malformed, Ordering::Relaxed);
-            if pending.is_empty() {
-                break;
-            }
-            let full = end == BatchEnd::Full;
-            let buf = Bytes::from(buf);
-            // Per capture (output id) its packets; mostly one capture.
-            let mut per_capture: Vec<(u8, Vec<Packet>)> = Vec::new();
-            for p in &pending {
-                if !routes.by_output.contains_key(&p.output) {
-                    routes = captures.routes();
-                    policy_cache.clear();
-                    last_policies = None;
-                    if !routes.by_output.contains_key(&p.output) {
-                        counters.unrouted.fetch_add(1, Ordering::Relaxed);
-                        continue;
+                let k = match slots.iter().position(|s| s.output == h.output) {
+                    Some(k) => k,
+                    None => {
+                        if !routes.by_output.contains_key(&h.output) {
+                            routes = captures.routes();
+                            comments.clear();
+                        }
+                        let Some(cap) = routes.by_output.get(&h.output).cloned() else {
+                            unrouted += 1;
+                            return true;
+                        };
+                        slots.push(Slot {
+                            output: h.output,
+                            enc: cap.take_encoder(),
+                            cap,
+                            buf: BatchBuf::with_capacity(
+                                MAX_BATCH_BYTES + vtap_abi::PCAP_MAX_CAPLEN as usize + 1024,
+                                MAX_BATCH_RECORDS,
+                            ),
+                            last_comment: None,
+                        });
+                        slots.len() - 1
                     }
-                }
-                let h = &p.h;
-                let policies = match &last_policies {
-                    Some((b, list)) if *b == h.policies => list.clone(),
+                };
+                let slot = &mut slots[k];
+                let dir = if h.dir == 0 {
+                    Dir::Ingress
+                } else {
+                    Dir::Egress
+                };
+                let id = slot
+                    .enc
+                    .interface_id(h.ifindex, dir, || names.get(h.ifindex));
+                let opts = match &slot.last_comment {
+                    Some((b, o)) if *b == h.policies => o.clone(),
                     _ => {
-                        let list = policy_cache
+                        let o = comments
                             .entry(h.policies)
                             .or_insert_with(|| {
-                                h.policies
+                                let list: Vec<String> = h
+                                    .policies
                                     .iter()
                                     .map(|s| {
                                         routes
@@ -250,44 +250,29 @@ fn run(
                                             .cloned()
                                             .unwrap_or_else(|| format!("slot{s}"))
                                     })
-                                    .collect::<Vec<_>>()
-                                    .into()
+                                    .collect();
+                                policy_comment(&list).into()
                             })
                             .clone();
-                        last_policies = Some((h.policies, list.clone()));
-                        list
+                        slot.last_comment = Some((h.policies, o.clone()));
+                        o
                     }
                 };
-                let pkt = Packet {
-                    ts_ns: (h.ts_ns as i128 + offset).max(0) as u64,
-                    orig_len: h.orig_len,
-                    data: buf.slice(p.off..p.off + p.len),
-                    iface: IfaceDir {
-                        ifindex: h.ifindex,
-                        ifname: names.get(h.ifindex),
-                        dir: if h.dir == 0 {
-                            Dir::Ingress
-                        } else {
-                            Dir::Egress
-                        },
-                    },
-                    policies,
-                };
-                match per_capture.iter_mut().rev().find(|(o, _)| *o == p.output) {
-                    Some((_, v)) => v.push(pkt),
-                    None => {
-                        let mut v = Vec::with_capacity(pending.len());
-                        v.push(pkt);
-                        per_capture.push((p.output, v));
-                    }
-                }
+                let before = slot.buf.blocks.len();
+                let ts = (h.ts_ns as i128 + offset).max(0) as u64;
+                slot.buf.push(id, ts, h.orig_len, data, &opts);
+                bytes += slot.buf.blocks.len() - before;
+                (records as usize) < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES
+            });
+            ring.release();
+            counters.records.fetch_add(records, Ordering::Relaxed);
+            counters.unrouted.fetch_add(unrouted, Ordering::Relaxed);
+            for slot in slots.drain(..) {
+                let ifaces = slot.enc.ifaces();
+                slot.cap.put_encoder(slot.enc);
+                slot.cap.deliver_blocks(slot.buf, ifaces);
             }
-            for (output, packets) in per_capture {
-                if let Some(cap) = routes.by_output.get(&output) {
-                    cap.deliver(packets);
-                }
-            }
-            if !full {
+            if end != BatchEnd::Full {
                 break;
             }
         }

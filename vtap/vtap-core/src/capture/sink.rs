@@ -22,11 +22,12 @@ use tokio::sync::broadcast;
 
 use super::files::{CaptureFiles, FilesStatus};
 use super::name::validate_capture_name;
-use super::{Batch, CaptureConfig, Packet, SharedBatch};
+use super::pcapng::{BatchBuf, CaptureEncoder};
+use super::{CaptureConfig, Packet, SharedBatch};
 
-/// Packet bytes that may wait between the ring reader and a capture's file
-/// writer (about 2.5 s of whole MTU frames at 1 Mpps); beyond that a batch is
-/// not queued (`writer_queue_full`).
+/// Block bytes that may wait between the ring reader and a capture's file
+/// writer (about 0.17 s of whole MTU frames at 1 Mpps); beyond that a batch
+/// is not queued (`writer_queue_full`).
 const WRITER_QUEUE_BYTES: usize = 256 << 20;
 /// Batches a live subscriber may fall behind before it skips.
 const STREAM_QUEUE: usize = 4096;
@@ -62,8 +63,11 @@ pub struct Capture {
     pub counters: CaptureCounters,
     /// Unix time (ms) the capture was created.
     pub created_unix_ms: u64,
+    /// Interface ids and names of the capture (the ring reader takes it
+    /// for the length of a drain).
+    encoder: Mutex<CaptureEncoder>,
     files_tx: Mutex<Option<Sender<SharedBatch>>>,
-    /// Packet bytes queued to the writer now.
+    /// Block bytes queued to the writer now.
     queued: Arc<AtomicUsize>,
     /// Sequence number of the next packet delivered.
     next_seq: AtomicU64,
@@ -86,6 +90,7 @@ impl Capture {
             config,
             counters: CaptureCounters::default(),
             created_unix_ms: unix_ms(now),
+            encoder: Mutex::new(CaptureEncoder::new()),
             files_tx: Mutex::new(Some(tx)),
             queued: queued.clone(),
             next_seq: AtomicU64::new(0),
@@ -102,21 +107,48 @@ impl Capture {
         Ok(cap)
     }
 
-    /// Hands packets (of one ring drain) to the file writer and the live
-    /// subscribers; never blocks.
+    /// Encodes `packets` with the capture's encoder and delivers them as
+    /// one batch (the ring reader encodes records itself, see
+    /// [`Capture::take_encoder`]).
     pub fn deliver(&self, packets: Vec<Packet>) {
-        let n = packets.len();
+        let mut enc = self.encoder.lock().unwrap();
+        let mut buf = BatchBuf::default();
+        for p in &packets {
+            enc.push_packet(&mut buf, p);
+        }
+        let ifaces = enc.ifaces();
+        drop(enc);
+        self.deliver_blocks(buf, ifaces);
+    }
+
+    /// The capture's encoder, for a reader that encodes a drain's records;
+    /// hand it back with [`Capture::put_encoder`]. (Meanwhile
+    /// [`Capture::deliver`] would start from fresh interface ids: only one
+    /// thread, the ring reader, delivers.)
+    pub fn take_encoder(&self) -> CaptureEncoder {
+        std::mem::take(&mut *self.encoder.lock().unwrap())
+    }
+
+    /// Returns the encoder taken by [`Capture::take_encoder`].
+    pub fn put_encoder(&self, enc: CaptureEncoder) {
+        *self.encoder.lock().unwrap() = enc;
+    }
+
+    /// Hands encoded packets (of one ring drain) to the file writer and the
+    /// live subscribers; never blocks. `ifaces` are the capture's interfaces
+    /// the blocks' ids refer to.
+    pub fn deliver_blocks(&self, buf: BatchBuf, ifaces: Arc<[super::IfaceDir]>) {
+        let n = buf.len();
         if n == 0 {
             return;
         }
         let c = &self.counters;
-        let bytes: usize = packets.iter().map(|p| p.data.len()).sum();
+        let bytes = buf.blocks.len();
+        let batch =
+            Arc::new(buf.finish(self.next_seq.fetch_add(n as u64, Ordering::Relaxed), ifaces));
         c.received.fetch_add(n as u64, Ordering::Relaxed);
-        c.received_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        let batch = Arc::new(Batch {
-            first_seq: self.next_seq.fetch_add(n as u64, Ordering::Relaxed),
-            packets,
-        });
+        c.received_bytes
+            .fetch_add(batch.caplen_bytes(), Ordering::Relaxed);
         if self.stream.receiver_count() > 0 && self.stream.send(batch.clone()).is_ok() {
             c.streamed.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -202,7 +234,7 @@ impl Subscription {
                 .stream_lost
                 .fetch_add(b.first_seq - want, Ordering::Relaxed);
         }
-        self.next_seq = Some(b.first_seq + b.packets.len() as u64);
+        self.next_seq = Some(b.first_seq + b.len() as u64);
         b
     }
 }
@@ -233,14 +265,9 @@ fn writer_loop(
                 let mut next = Some(batch);
                 let mut last_ts = 0;
                 while let Some(b) = next.take() {
-                    for p in &b.packets {
-                        files.write(p, now);
-                    }
-                    queued.fetch_sub(
-                        b.packets.iter().map(|p| p.data.len()).sum(),
-                        Ordering::Relaxed,
-                    );
-                    last_ts = b.packets.last().map_or(last_ts, |p| p.ts_ns);
+                    files.write_batch(&b, now);
+                    queued.fetch_sub(b.blocks.len(), Ordering::Relaxed);
+                    last_ts = b.last_ts_ns;
                     next = rx.try_recv().ok();
                 }
                 if let Some(c) = cap.upgrade() {

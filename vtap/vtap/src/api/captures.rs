@@ -198,15 +198,16 @@ pub async fn stream(
             let mut out = Vec::new();
             let mut n = sent;
             let mut next = Some(first?);
-            'batches: while let Some(b) = next.take() {
-                for p in &b.packets {
-                    if max_packets.is_some_and(|m| n >= m) {
-                        break 'batches;
-                    }
-                    enc.encode(p, &mut out);
-                    n += 1;
-                }
-                if out.len() >= 256 * 1024 {
+            while let Some(b) = next.take() {
+                let take = match max_packets {
+                    Some(m) => b
+                        .len()
+                        .min(usize::try_from(m.saturating_sub(n)).unwrap_or(usize::MAX)),
+                    None => b.len(),
+                };
+                enc.encode_batch(&b, 0..take, &mut out);
+                n += take as u64;
+                if max_packets.is_some_and(|m| n >= m) || out.len() >= 256 * 1024 {
                     break;
                 }
                 next = sub.try_next();
