@@ -12,25 +12,20 @@
 //! stop rules allow (large ranges straight from the batch, small ones
 //! through a buffer).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::direct::DirectFile;
 use super::name::validate_capture_name;
 use super::pcapng::{BatchBuf, CaptureEncoder, PcapngEncoder};
 use super::{Batch, CaptureConfig, Packet};
 
 /// Bytes in a MiB (`rotate_mib` unit).
 const MIB: u64 = 1024 * 1024;
-
-/// Buffer of the file writer.
-const BUF_CAPACITY: usize = 1 << 20;
-/// Ranges of blocks at least this long are written from the batch itself
-/// (after what is buffered), not copied into the buffer.
-const DIRECT_WRITE: usize = 64 << 10;
 
 /// How long after a failure [`CaptureFiles::tick`] tries a new file.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -71,49 +66,12 @@ pub struct CaptureFiles {
 #[derive(Debug)]
 struct OpenFile {
     path: PathBuf,
-    file: File,
-    /// Bytes handed to the file but not written yet.
-    buf: Vec<u8>,
-    /// Most bytes `buf` holds ([`BUF_CAPACITY`]; tests lower it).
-    capacity: usize,
+    out: DirectFile,
     encoder: PcapngEncoder,
-    /// Bytes handed to the writer (header included).
+    /// Bytes handed to the file (header included).
     bytes: u64,
     packets: u64,
     opened: SystemTime,
-    /// Packets whose bytes are in `buf` (lost, and then counted as not
-    /// written, if the file fails before a flush).
-    unflushed: u64,
-}
-
-impl OpenFile {
-    /// Writes out `buf`. On error `buf` and `unflushed` are left as they
-    /// were (the caller counts them as lost).
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.file.write_all(&self.buf)?;
-            self.buf.clear();
-        }
-        self.unflushed = 0;
-        Ok(())
-    }
-
-    /// Appends `bytes`, holding `packets` packets, to the file. On error
-    /// the packets of `bytes` are not in the file (and not in
-    /// `unflushed`), and neither may be those of `buf`.
-    fn put(&mut self, bytes: &[u8], packets: u64) -> io::Result<()> {
-        if self.buf.len() + bytes.len() > self.capacity {
-            self.flush()?;
-        }
-        if bytes.len() >= DIRECT_WRITE.min(self.capacity) {
-            self.flush()?;
-            self.file.write_all(bytes)
-        } else {
-            self.buf.extend_from_slice(bytes);
-            self.unflushed += packets;
-            Ok(())
-        }
-    }
 }
 
 /// What [`CaptureFiles::status`] reports.
@@ -336,8 +294,9 @@ impl CaptureFiles {
 
             let written = (j - i) as u64;
             let r = cur
+                .out
                 .put(&idbs, 0)
-                .and_then(|()| cur.put(b.blocks_of(i..j), written));
+                .and_then(|()| cur.out.put(b.blocks_of(i..j), written));
             if let Err(e) = r {
                 let msg = format!("{e} writing {}", cur.path.display());
                 self.fail(msg, now);
@@ -386,7 +345,7 @@ impl CaptureFiles {
                 } else if self.time_rotation_due(now) {
                     self.close_current(now);
                 } else if let Some(cur) = self.current.as_mut() {
-                    match cur.flush() {
+                    match cur.out.flush() {
                         Ok(()) => {}
                         Err(e) => {
                             let msg = format!("{e} flushing {}", cur.path.display());
@@ -468,7 +427,7 @@ impl CaptureFiles {
             return true;
         };
         let path = cur.path.clone();
-        let (unflushed, buffered) = (cur.unflushed, cur.buf.len() as u64);
+        let (unflushed, buffered) = (cur.out.unflushed(), cur.out.unwritten());
         match finish(cur) {
             Ok(()) => true,
             Err(e) => {
@@ -508,7 +467,7 @@ impl CaptureFiles {
                 format!("{base}-{n}.pcapng")
             };
             let path = self.dir.join(file_name);
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
+            match DirectFile::create_new(&path) {
                 Ok(file) => {
                     opened = Some((path, file));
                     self.last_name = Some((stamp.clone(), n));
@@ -532,11 +491,11 @@ impl CaptureFiles {
 
         let mut encoder = PcapngEncoder::new();
         let header = encoder.header();
-        let mut file = file;
+        let mut out = file;
         // Written at once: a disk that cannot take a header fails here, not
         // a packet later.
-        if let Err(e) = file.write_all(&header) {
-            drop(file);
+        if let Err(e) = out.put(&header, 0).and_then(|()| out.flush()) {
+            drop(out);
             // The file holds no packet: remove it, or every retry during a
             // long outage would leave one more empty file behind.
             let _ = fs::remove_file(&path);
@@ -547,14 +506,11 @@ impl CaptureFiles {
         self.stats.bytes_written += header.len() as u64;
         self.current = Some(OpenFile {
             path,
-            file,
-            buf: Vec::with_capacity(BUF_CAPACITY),
-            capacity: BUF_CAPACITY,
+            out,
             encoder,
             bytes: header.len() as u64,
             packets: 0,
             opened: now,
-            unflushed: 0,
         });
         self.state = FileState::Writing;
         self.prune();
@@ -593,10 +549,10 @@ impl CaptureFiles {
         if let Some(cur) = self.current.take() {
             // The packets still buffered never reach the disk: they were
             // not written after all.
-            let buffered = cur.buf.len() as u64;
-            self.stats.packets_written -= cur.unflushed.min(self.stats.packets_written);
+            let (unflushed, buffered) = (cur.out.unflushed(), cur.out.unwritten());
+            self.stats.packets_written -= unflushed.min(self.stats.packets_written);
             self.stats.bytes_written -= buffered.min(self.stats.bytes_written);
-            self.stats.not_written_error += cur.unflushed;
+            self.stats.not_written_error += unflushed;
             // The buffer is dropped, not written.
             drop(cur);
         }
@@ -621,7 +577,7 @@ impl CaptureFiles {
 /// Flushes and closes a file.
 fn finish(mut cur: OpenFile) -> io::Result<()> {
     // On error the unwritten rest is dropped with the file.
-    cur.flush()
+    cur.out.flush()
 }
 
 fn elapsed(from: SystemTime, now: SystemTime) -> Duration {
@@ -1587,14 +1543,12 @@ mod tests {
     /// Swaps the open file's writer for one on /dev/full: every write that
     /// reaches it fails with ENOSPC, like a full disk.
     fn fill_disk(files: &mut CaptureFiles, capacity: usize) -> bool {
-        let Ok(full) = OpenOptions::new().write(true).open("/dev/full") else {
+        let Ok(full) = fs::OpenOptions::new().write(true).open("/dev/full") else {
             return false;
         };
         let cur = files.current.as_mut().unwrap();
         // What was buffered reached the disk before it filled up.
-        cur.flush().unwrap();
-        cur.file = full;
-        cur.capacity = capacity;
+        cur.out.redirect(full, capacity).unwrap();
         true
     }
 

@@ -9,6 +9,7 @@
 //! capture's [`files::CaptureFiles`] and to its live subscribers, which
 //! write the blocks as they are (after the interface blocks they need).
 
+pub mod direct;
 pub mod files;
 pub mod name;
 pub mod pcapng;
