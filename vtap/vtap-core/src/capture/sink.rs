@@ -30,7 +30,11 @@ use super::{CaptureConfig, Packet, SharedBatch};
 /// is not queued (`writer_queue_full`).
 const WRITER_QUEUE_BYTES: usize = 256 << 20;
 /// Batches a live subscriber may fall behind before it skips.
-const STREAM_QUEUE: usize = 4096;
+///
+/// The channel keeps the last this many batches of a streamed capture in
+/// memory (at most ~0.5 MiB each: ≤ ~550 MiB at line rate, far less at
+/// ordinary rates, where a batch is what one 5 ms poll of the ring found).
+const STREAM_QUEUE: usize = 1024;
 /// How often the writer flushes and applies time-based rules.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -192,7 +196,7 @@ impl Capture {
 }
 
 /// A live subscriber of a capture (counted while it exists). A subscriber
-/// that falls more than a few thousand batches behind skips the oldest; the
+/// that falls more than a thousand batches behind skips the oldest; the
 /// packets it skipped are counted in the capture's `stream_lost`.
 pub struct Subscription {
     rx: broadcast::Receiver<SharedBatch>,
