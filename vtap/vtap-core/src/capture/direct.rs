@@ -31,9 +31,54 @@ pub const BLOCK: usize = 4096;
 /// Default buffer: 4 MiB, a direct write per 4 MiB of capture.
 pub const CAPACITY: usize = 4 << 20;
 
-#[derive(Clone, Copy)]
-#[repr(C, align(4096))]
-struct Page([u8; BLOCK]);
+/// `capacity` zeroed bytes aligned to [`BLOCK`], from the allocator's
+/// zeroed path: the pages become resident only as the capture fills them,
+/// so a quiet capture does not hold 4 MiB.
+struct Aligned {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl Aligned {
+    fn new(capacity: usize) -> Aligned {
+        let layout =
+            std::alloc::Layout::from_size_align(capacity.max(BLOCK), BLOCK).expect("buffer layout");
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(p) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        Aligned { ptr, layout }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `layout.size()` initialised (zeroed) bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, borrowed mutably through &mut self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+impl std::fmt::Debug for Aligned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Aligned({} bytes)", self.layout.size())
+    }
+}
+
+// SAFETY: Aligned owns its allocation like a Box<[u8]>.
+unsafe impl Send for Aligned {}
+// SAFETY: shared access only reads.
+unsafe impl Sync for Aligned {}
 
 /// A capture file being appended to.
 #[derive(Debug)]
@@ -43,7 +88,7 @@ pub struct DirectFile {
     /// Ordinary descriptor, for the tail.
     plain: File,
     is_direct: bool,
-    pages: Vec<Page>,
+    mem: Aligned,
     /// Bytes in the buffer.
     len: usize,
     /// Most bytes the buffer holds (a multiple of [`BLOCK`] when direct).
@@ -56,12 +101,6 @@ pub struct DirectFile {
     pending: VecDeque<(u64, u64)>,
     /// Sum of the pending packets.
     unflushed: u64,
-}
-
-impl std::fmt::Debug for Page {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Page")
-    }
 }
 
 impl DirectFile {
@@ -89,7 +128,7 @@ impl DirectFile {
             direct,
             plain,
             is_direct,
-            pages: vec![Page([0; BLOCK]); capacity.div_ceil(BLOCK)],
+            mem: Aligned::new(capacity),
             len: 0,
             capacity,
             base: 0,
@@ -116,17 +155,12 @@ impl DirectFile {
     }
 
     fn buf(&self) -> &[u8] {
-        // SAFETY: `pages` is `capacity.div_ceil(BLOCK)` contiguous,
-        // initialised pages; `len <= capacity` fits in them.
-        unsafe { std::slice::from_raw_parts(self.pages.as_ptr() as *const u8, self.len) }
+        &self.mem.bytes()[..self.len]
     }
 
     fn spare(&mut self) -> &mut [u8] {
-        // SAFETY: as in `buf`; the spare part is `len..capacity`.
-        let all = unsafe {
-            std::slice::from_raw_parts_mut(self.pages.as_mut_ptr() as *mut u8, self.capacity)
-        };
-        &mut all[self.len..]
+        let (len, cap) = (self.len, self.capacity);
+        &mut self.mem.bytes_mut()[len..cap]
     }
 
     /// Appends `bytes`, which complete `packets` packets. Whole blocks are
@@ -162,14 +196,23 @@ impl DirectFile {
         if n == 0 {
             return Ok(());
         }
-        self.direct.write_all_at(&self.buf()[..n], self.base)?;
+        if let Err(e) = self.direct.write_all_at(&self.buf()[..n], self.base) {
+            if !(self.is_direct && e.raw_os_error() == Some(libc::EINVAL)) {
+                return Err(e);
+            }
+            // The file system took O_DIRECT at open but refuses these
+            // writes (alignment): ordinary writes from now on.
+            tracing::info!(
+                "capture file: O_DIRECT write refused ({e}); writing through the page cache"
+            );
+            self.direct = self.plain.try_clone()?;
+            self.is_direct = false;
+            return self.write_blocks();
+        }
         let base = self.base;
         // The tail moves to the front (less than a block).
-        // SAFETY: as in `spare`, the whole buffer.
-        let all = unsafe {
-            std::slice::from_raw_parts_mut(self.pages.as_mut_ptr() as *mut u8, self.capacity)
-        };
-        all.copy_within(n..self.len, 0);
+        let len = self.len;
+        self.mem.bytes_mut().copy_within(n..len, 0);
         self.len -= n;
         self.base = base + n as u64;
         self.written = self.written.max(self.base);
@@ -232,6 +275,7 @@ mod tests {
         let d = tmp("exact");
         let path = d.join("f");
         let mut f = DirectFile::create_new(&path).unwrap();
+        assert!(f.is_direct(), "no O_DIRECT on {}", d.display());
         let mut want = Vec::new();
         let mut seed = 7u32;
         // Pieces of every size around the block and buffer sizes.
@@ -284,6 +328,26 @@ mod tests {
         assert!(f.unwritten() > 0);
         f.flush().unwrap();
         assert_eq!((f.unflushed(), f.unwritten()), (0, 0));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_refused_direct_write_falls_back_to_ordinary_writes() {
+        let d = tmp("einval");
+        let path = d.join("f");
+        let mut f = DirectFile::create_new(&path).unwrap();
+        // ext4 and tmpfs (kernel ≥ 6.6) take O_DIRECT.
+        assert!(f.is_direct(), "no O_DIRECT on {}", d.display());
+        // A misaligned offset: the kernel refuses the direct write (EINVAL).
+        f.base = 1;
+        f.written = 1;
+        f.put(&vec![7; 3 * BLOCK], 1).unwrap();
+        f.flush().unwrap();
+        assert!(!f.is_direct());
+        let mut want = vec![0u8];
+        want.extend_from_slice(&[7; 3 * BLOCK]);
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+        assert_eq!(f.unflushed(), 0);
         let _ = std::fs::remove_dir_all(&d);
     }
 
