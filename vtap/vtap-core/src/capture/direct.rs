@@ -270,12 +270,19 @@ mod tests {
         d
     }
 
+    /// A fresh directory and a new direct file `f` in it (ext4 and tmpfs,
+    /// kernel ≥ 6.6, take O_DIRECT).
+    fn direct_file(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, DirectFile) {
+        let d = tmp(tag);
+        let path = d.join("f");
+        let f = DirectFile::create_new(&path).unwrap();
+        assert!(f.is_direct(), "no O_DIRECT on {}", d.display());
+        (d, path, f)
+    }
+
     #[test]
     fn file_holds_exactly_what_was_put_at_every_flush() {
-        let d = tmp("exact");
-        let path = d.join("f");
-        let mut f = DirectFile::create_new(&path).unwrap();
-        assert!(f.is_direct(), "no O_DIRECT on {}", d.display());
+        let (d, path, mut f) = direct_file("exact");
         let mut want = Vec::new();
         let mut seed = 7u32;
         // Pieces of every size around the block and buffer sizes.
@@ -316,8 +323,7 @@ mod tests {
 
     #[test]
     fn unflushed_counts_packets_until_their_last_byte_is_written() {
-        let d = tmp("count");
-        let mut f = DirectFile::create_new(&d.join("f")).unwrap();
+        let (d, _, mut f) = direct_file("count");
         f.put(&[1; 100], 1).unwrap();
         f.put(&[2; 100], 2).unwrap();
         assert_eq!((f.unflushed(), f.unwritten()), (3, 200));
@@ -333,11 +339,7 @@ mod tests {
 
     #[test]
     fn a_refused_direct_write_falls_back_to_ordinary_writes() {
-        let d = tmp("einval");
-        let path = d.join("f");
-        let mut f = DirectFile::create_new(&path).unwrap();
-        // ext4 and tmpfs (kernel ≥ 6.6) take O_DIRECT.
-        assert!(f.is_direct(), "no O_DIRECT on {}", d.display());
+        let (d, path, mut f) = direct_file("einval");
         // A misaligned offset: the kernel refuses the direct write (EINVAL).
         f.base = 1;
         f.written = 1;
