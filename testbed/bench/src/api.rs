@@ -31,9 +31,10 @@
 //! Everything is bounded: the flow stops after at most 10 minutes, each
 //! update waits at most 2 s for its first copy, wrk has a hard timeout.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -414,40 +415,6 @@ fn parse_wrk(out: &str) -> Value {
 
 // ------------------------------------------------------------------ main
 
-fn choose_binary() -> Result<Value> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
-    let mut note = None;
-    if std::env::var_os("VTAP_BIN").is_none() {
-        let release = target.join("release").join("vtap");
-        let chosen = if release.exists() {
-            release
-        } else {
-            note = Some(
-                "target/release/vtap missing: using the debug build (cargo build --release -p vtap)",
-            );
-            target.join("debug").join("vtap")
-        };
-        // SAFETY: set before any other thread exists.
-        unsafe { std::env::set_var("VTAP_BIN", &chosen) };
-    }
-    let bin = vtap_testbed::vtap_bin();
-    if !bin.exists() {
-        bail!(
-            "vtap binary not found at {} (cargo build --release -p vtap, or set VTAP_BIN)",
-            bin.display()
-        );
-    }
-    let bin = bin.canonicalize()?;
-    if let Some(n) = note {
-        eprintln!("WARNING: {n}");
-    }
-    Ok(
-        json!({"path": bin, "release": bin.components().any(|c| c.as_os_str() == "release"), "note": note}),
-    )
-}
-
 fn main() -> Result<()> {
     let out_path = std::env::args()
         .nth(1)
@@ -465,7 +432,7 @@ fn main() -> Result<()> {
     let pps: u32 = env_num("BENCH_PPS", 5000);
     let wrk_secs: u64 = env_num("BENCH_WRK_SECONDS", 10);
     let wrk_conns: u32 = env_num("BENCH_WRK_CONNECTIONS", 4);
-    let binary = choose_binary()?;
+    let binary = common::describe_vtap_bin(&common::choose_vtap_bin()?)?;
     let has_wrk = Command::new("sh")
         .args(["-c", "command -v wrk"])
         .output()

@@ -1,5 +1,5 @@
 //! Helpers shared by the benchmark binaries (`bench-throughput`,
-//! `bench-shaping`, `bench-capture`).
+//! `bench-shaping`, `bench-capture`, `bench-api`, …).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
