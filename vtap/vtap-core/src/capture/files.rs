@@ -9,8 +9,8 @@
 //! owner calls [`CaptureFiles::write_batch`] per batch and
 //! [`CaptureFiles::tick`] periodically (200 ms to 1 s). A batch's blocks go
 //! to the file as they are, as few contiguous ranges as the rotation and
-//! stop rules allow (large ranges straight from the batch, small ones
-//! through a buffer).
+//! stop rules allow, through the file's aligned `O_DIRECT` buffer
+//! ([`DirectFile`]).
 
 use std::fs;
 use std::io;
@@ -19,10 +19,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+#[cfg(test)]
+use super::Packet;
 use super::direct::DirectFile;
 use super::name::validate_capture_name;
-use super::pcapng::{BatchBuf, CaptureEncoder, PcapngEncoder};
-use super::{Batch, CaptureConfig, Packet};
+use super::pcapng::PcapngEncoder;
+#[cfg(test)]
+use super::pcapng::{BatchBuf, CaptureEncoder};
+use super::{Batch, CaptureConfig};
 
 /// Bytes in a MiB (`rotate_mib` unit).
 const MIB: u64 = 1024 * 1024;
@@ -58,7 +62,9 @@ pub struct CaptureFiles {
     listed_at: Option<SystemTime>,
     /// UTC stamp and suffix of the last file opened.
     last_name: Option<(String, u64)>,
-    /// Encoder of the packets given one at a time ([`CaptureFiles::write`]).
+    /// Encoder of the packets tests give one at a time
+    /// ([`CaptureFiles::write`]).
+    #[cfg(test)]
     single: CaptureEncoder,
 }
 
@@ -185,6 +191,7 @@ impl CaptureFiles {
             listing: Vec::new(),
             listed_at: None,
             last_name: None,
+            #[cfg(test)]
             single: CaptureEncoder::new(),
         };
         if files.cfg.files {
@@ -201,7 +208,8 @@ impl CaptureFiles {
     }
 
     /// Writes one packet (encoded on its own; [`CaptureFiles::write_batch`]
-    /// with a batch of one).
+    /// with a batch of one). For tests.
+    #[cfg(test)]
     pub fn write(&mut self, pkt: &Packet, now: SystemTime) {
         let mut buf = BatchBuf::default();
         self.single.push_packet(&mut buf, pkt);

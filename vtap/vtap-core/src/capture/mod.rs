@@ -23,9 +23,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use vtap_abi::Dir;
 
-/// One captured packet as a value: what [`sink::Capture::deliver`] and
-/// [`files::CaptureFiles::write`] take (the ring reader encodes records
-/// without building these).
+/// One captured packet as a value, for [`pcapng::CaptureEncoder::push_packet`]
+/// (tests build these; the ring reader encodes records without them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packet {
     /// Wall-clock time of the capture, nanoseconds since the Unix epoch.

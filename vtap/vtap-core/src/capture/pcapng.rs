@@ -86,15 +86,12 @@ impl PcapngEncoder {
     /// of `ifaces` (a capture's, in id order) this section has not
     /// described yet: `if_name` `"<ifname>:<dir>"`, e.g. `"tap0:ingress"`;
     /// `if_description` `"vtap tap <ifname> ifindex <n> direction <dir>"`;
-    /// Ethernet; snaplen [`SNAPLEN`]; `if_tsresol` 9. Returns the bytes
-    /// appended.
-    pub fn describe(&mut self, ifaces: &[IfaceDir], out: &mut Vec<u8>) -> usize {
-        let before = out.len();
+    /// Ethernet; snaplen [`SNAPLEN`]; `if_tsresol` 9.
+    pub fn describe(&mut self, ifaces: &[IfaceDir], out: &mut Vec<u8>) {
         for iface in ifaces.iter().skip(self.described) {
             put(&Block::InterfaceDescription(idb(iface)), out);
         }
         self.described = self.described.max(ifaces.len());
-        out.len() - before
     }
 
     /// Appends the interface blocks `batch` needs and the blocks of its
@@ -215,9 +212,9 @@ pub struct CaptureEncoder {
     ids: HashMap<(u32, Dir), u32>,
     /// The last lookup (consecutive packets mostly share their interface).
     last: Option<((u32, Dir), u32)>,
-    ifaces: Vec<IfaceDir>,
-    /// `ifaces`, shared with the batches (rebuilt when one is added).
-    shared: Arc<[IfaceDir]>,
+    /// The interfaces in id order, shared with the batches (rebuilt when
+    /// one is added).
+    ifaces: Arc<[IfaceDir]>,
     /// The last policy list seen by [`CaptureEncoder::push_packet`] and its
     /// option bytes.
     comment: Option<(Arc<[String]>, Vec<u8>)>,
@@ -242,12 +239,13 @@ impl CaptureEncoder {
             Some(&id) => id,
             None => {
                 let id = u32::try_from(self.ifaces.len()).unwrap_or(u32::MAX);
-                self.ifaces.push(IfaceDir {
+                let mut all = self.ifaces.to_vec();
+                all.push(IfaceDir {
                     ifindex,
                     ifname: name(),
                     dir,
                 });
-                self.shared = self.ifaces.clone().into();
+                self.ifaces = all.into();
                 self.ids.insert(key, id);
                 id
             }
@@ -258,7 +256,7 @@ impl CaptureEncoder {
 
     /// The capture's interfaces so far, in id order.
     pub fn ifaces(&self) -> Arc<[IfaceDir]> {
-        self.shared.clone()
+        self.ifaces.clone()
     }
 
     /// Encodes `pkt` into `out` (its interface keeps or gets its id; the

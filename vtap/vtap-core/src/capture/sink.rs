@@ -20,10 +20,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+#[cfg(test)]
+use super::Packet;
 use super::files::{CaptureFiles, FilesStatus};
 use super::name::validate_capture_name;
 use super::pcapng::{BatchBuf, CaptureEncoder};
-use super::{CaptureConfig, Packet, SharedBatch};
+use super::{CaptureConfig, SharedBatch};
 
 /// Block bytes that may wait between the ring reader and a capture's file
 /// writer (about 0.17 s of whole MTU frames at 1 Mpps); beyond that a batch
@@ -112,8 +114,9 @@ impl Capture {
     }
 
     /// Encodes `packets` with the capture's encoder and delivers them as
-    /// one batch (the ring reader encodes records itself, see
+    /// one batch. For tests: the ring reader encodes records itself (see
     /// [`Capture::take_encoder`]).
+    #[cfg(test)]
     pub fn deliver(&self, packets: Vec<Packet>) {
         let mut enc = self.encoder.lock().unwrap();
         let mut buf = BatchBuf::default();
@@ -126,9 +129,8 @@ impl Capture {
     }
 
     /// The capture's encoder, for a reader that encodes a drain's records;
-    /// hand it back with [`Capture::put_encoder`]. (Meanwhile
-    /// [`Capture::deliver`] would start from fresh interface ids: only one
-    /// thread, the ring reader, delivers.)
+    /// hand it back with [`Capture::put_encoder`]. Only one thread, the
+    /// ring reader, encodes a capture's packets.
     pub fn take_encoder(&self) -> CaptureEncoder {
         std::mem::take(&mut *self.encoder.lock().unwrap())
     }
