@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use futures::TryStreamExt;
-use netlink_packet_route::link::{LinkAttribute, LinkFlag};
+use netlink_packet_route::link::{LinkAttribute, LinkFlag, LinkMessage};
 
 /// One interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,40 +32,52 @@ pub enum NetlinkError {
     Dump(#[source] rtnetlink::Error),
 }
 
-/// Lists every link of the current network namespace (one RTM_GETLINK dump).
-pub async fn list_links() -> Result<Links, NetlinkError> {
+/// One RTM_GETLINK dump of the current network namespace: `f` sees every
+/// link's name (links without one are skipped) and attributes.
+async fn each_link(mut f: impl FnMut(String, &LinkMessage)) -> Result<(), NetlinkError> {
     let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
     let task = tokio::spawn(conn);
-    let mut out = Links::new();
     let mut stream = handle.link().get().execute();
     let res = async {
         while let Some(msg) = stream.try_next().await.map_err(NetlinkError::Dump)? {
-            let mut name = None;
-            let mut mtu = 0;
-            for a in &msg.attributes {
-                match a {
-                    LinkAttribute::IfName(n) => name = Some(n.clone()),
-                    LinkAttribute::Mtu(m) => mtu = *m,
-                    _ => {}
-                }
-            }
+            let name = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
             if let Some(name) = name {
-                let up = msg.header.flags.contains(&LinkFlag::Up);
-                out.insert(
-                    name,
-                    Link {
-                        ifindex: msg.header.index,
-                        up,
-                        mtu,
-                    },
-                );
+                f(name, &msg);
             }
         }
         Ok::<_, NetlinkError>(())
     }
     .await;
     task.abort();
-    res.map(|_| out)
+    res
+}
+
+/// Lists every link of the current network namespace (one RTM_GETLINK dump).
+pub async fn list_links() -> Result<Links, NetlinkError> {
+    let mut out = Links::new();
+    each_link(|name, msg| {
+        let mtu = msg
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+            .unwrap_or(0);
+        out.insert(
+            name,
+            Link {
+                ifindex: msg.header.index,
+                up: msg.header.flags.contains(&LinkFlag::Up),
+                mtu,
+            },
+        );
+    })
+    .await?;
+    Ok(out)
 }
 
 /// Transmit failures counted by an interface itself (`ip -s link`): copies
@@ -82,35 +94,23 @@ pub struct TxFailures {
 
 /// The transmit failure counters of every link (one RTM_GETLINK dump).
 pub async fn tx_failures() -> Result<BTreeMap<String, TxFailures>, NetlinkError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
-    let task = tokio::spawn(conn);
     let mut out = BTreeMap::new();
-    let mut stream = handle.link().get().execute();
-    let res = async {
-        while let Some(msg) = stream.try_next().await.map_err(NetlinkError::Dump)? {
-            let mut name = None;
-            let mut tx = TxFailures::default();
-            for a in &msg.attributes {
-                match a {
-                    LinkAttribute::IfName(n) => name = Some(n.clone()),
-                    LinkAttribute::Stats64(st) => {
-                        tx = TxFailures {
-                            dropped: st.tx_dropped,
-                            errors: st.tx_errors,
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(n) = name {
-                out.insert(n, tx);
-            }
-        }
-        Ok::<_, NetlinkError>(())
-    }
-    .await;
-    task.abort();
-    res.map(|_| out)
+    each_link(|name, msg| {
+        let tx = msg
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Stats64(st) => Some(TxFailures {
+                    dropped: st.tx_dropped,
+                    errors: st.tx_errors,
+                }),
+                _ => None,
+            })
+            .unwrap_or_default();
+        out.insert(name, tx);
+    })
+    .await?;
+    Ok(out)
 }
 
 /// [`list_links`] for synchronous callers (tests, tools): runs a small
